@@ -1,0 +1,441 @@
+"""The network: nnSAM (2D nnU-Net + SAM image encoder) with dynamic convolution and CBAM.
+
+A 2.5D model: three neighbouring CT slices are the three input channels, two classes
+come out (background, lesion). The encoder is nnU-Net-style (two conv -> InstanceNorm ->
+LeakyReLU per stage, stride-2 downsampling, features doubling up to a cap) with dynamic
+convolutions (Chen et al., CVPR 2020). A SAM ``ImageEncoderViT`` sees the same patch
+resized to its image size; its embedding is resized to the stride-8 skip and
+concatenated there (as nnSAM does). CBAM (Woo et al., ECCV 2018) gates every skip.
+
+Run ``python -m inference.model`` for the preset table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DYNAMIC_FORMS = ("grouped", "branches")
+
+
+class ModelConfigError(ValueError):
+    """A user-caused problem with the network's configuration, input or checkpoint."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that fixes the network's shape; the plan stores the preset name."""
+
+    in_channels: int = 3
+    num_classes: int = 2
+    patch_size: tuple[int, int] = (192, 192)
+    base_features: int = 32
+    max_features: int = 512
+    n_stages: int = 6
+    dynamic: bool = True
+    n_kernels: int = 4
+    attention_ratio: float = 0.25
+    initial_temperature: float = 30.0
+    cbam_ratio: int = 16
+    sam: bool = True
+    sam_image_size: int = 256
+    sam_patch_size: int = 16
+    sam_embed_dim: int = 768
+    sam_depth: int = 12
+    sam_heads: int = 12
+    sam_out_channels: int = 256
+    sam_window_size: int = 0
+    sam_global_attention: tuple[int, ...] = field(default_factory=tuple)
+    sam_skip_stage: int = 3
+
+    @property
+    def features(self) -> list[int]:
+        return [min(self.base_features * 2**i, self.max_features) for i in range(self.n_stages)]
+
+    @property
+    def total_stride(self) -> int:
+        return 2 ** (self.n_stages - 1)
+
+    def validate(self) -> None:
+        if self.n_stages < 2:
+            raise ModelConfigError(f"n_stages must be at least 2, got {self.n_stages}")
+        if self.sam and not 0 < self.sam_skip_stage < self.n_stages - 1:
+            raise ModelConfigError(
+                f"sam_skip_stage {self.sam_skip_stage} must be a skip stage, 1..{self.n_stages - 2}"
+            )
+        for size in self.patch_size:
+            if size % self.total_stride:
+                raise ModelConfigError(
+                    f"patch size {tuple(self.patch_size)} is not divisible by the network's "
+                    f"total stride {self.total_stride}; use a multiple of {self.total_stride}"
+                )
+        if self.sam and self.sam_image_size % self.sam_patch_size:
+            raise ModelConfigError(
+                f"sam_image_size {self.sam_image_size} is not a multiple of sam_patch_size "
+                f"{self.sam_patch_size}"
+            )
+        if self.n_kernels < 1:
+            raise ModelConfigError(f"n_kernels must be at least 1, got {self.n_kernels}")
+
+
+PRESETS: dict[str, NetworkConfig] = {
+    # As close to the paper's 74.2M parameters and 15.6 G(multiply-accumulates) per
+    # 3x192x192 patch as the architecture allows: nnU-Net 2D widths (32..512, 6 stages)
+    # with K=4 dynamic kernels and a ViT-S-sized SAM branch at 256 px.
+    "paper": NetworkConfig(
+        base_features=32, max_features=512, n_stages=6,
+        sam_image_size=256, sam_patch_size=16, sam_embed_dim=400, sam_depth=12,
+        sam_heads=8, sam_window_size=0,
+    ),
+    # The container default: same architecture, narrower and shallower SAM branch,
+    # sized for tiles per second on a GPU under 4 GB (see README for the measurements).
+    "fast": NetworkConfig(
+        base_features=16, max_features=256, n_stages=6,
+        sam_image_size=128, sam_patch_size=16, sam_embed_dim=192, sam_depth=2,
+        sam_heads=3, sam_out_channels=64,
+    ),
+    # Tests and the CPU demo.
+    "tiny": NetworkConfig(
+        patch_size=(64, 64), base_features=8, max_features=32, n_stages=5,
+        sam_image_size=64, sam_patch_size=16, sam_embed_dim=32, sam_depth=1,
+        sam_heads=2, sam_out_channels=16, cbam_ratio=4,
+    ),
+}
+
+
+def get_config(preset: str, **overrides) -> NetworkConfig:
+    """The preset's configuration with overrides applied, validated."""
+    if preset not in PRESETS:
+        raise ModelConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = replace(PRESETS[preset], **overrides)
+    config.validate()
+    return config
+
+
+class DynamicConv2d(nn.Module):
+    """K kernels mixed per sample by attention: GAP -> FC -> ReLU -> FC(K) -> softmax(z/T).
+
+    Two exact forms of the same function:
+    ``grouped``  aggregates each sample's kernel and runs one grouped convolution over
+                 the batch (fast; ONNX export needs a fixed batch);
+    ``branches`` runs one convolution with K*Cout outputs and mixes them with the
+                 attention (K times the FLOPs; exports with a dynamic batch).
+    Both equal sum_k a_k (W_k * x + b_k) because convolution is linear.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, n_kernels=4,
+                 attention_ratio=0.25, temperature=30.0, bias=True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, kernel_size // 2
+        self.n_kernels = n_kernels
+        self.form = "grouped"
+        hidden = max(int(in_channels * attention_ratio), 4)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, n_kernels)
+        self.weight = nn.Parameter(
+            torch.empty(n_kernels, out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(n_kernels, out_channels)) if bias else None
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        for k in range(n_kernels):
+            nn.init.kaiming_uniform_(self.weight[k], a=math.sqrt(5))
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature.fill_(float(value))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        return torch.softmax(z / self.temperature, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x)
+        if self.form == "branches":
+            return self._branches(x, a)
+        return self._grouped(x, a)
+
+    def _grouped(self, x, a):
+        b, c, h, w = x.shape
+        k = self.kernel_size
+        weight = (a @ self.weight.reshape(self.n_kernels, -1)).reshape(
+            b * self.out_channels, c, k, k)
+        bias = (a @ self.bias).reshape(-1) if self.bias is not None else None
+        y = F.conv2d(x.reshape(1, b * c, h, w), weight.to(x.dtype), bias, self.stride,
+                     self.padding, groups=b)
+        return y.reshape(b, self.out_channels, y.shape[-2], y.shape[-1])
+
+    def _branches(self, x, a):
+        k = self.kernel_size
+        weight = self.weight.reshape(self.n_kernels * self.out_channels, self.in_channels, k, k)
+        bias = self.bias.reshape(-1) if self.bias is not None else None
+        y = F.conv2d(x, weight, bias, self.stride, self.padding)
+        y = y.reshape(x.shape[0], self.n_kernels, self.out_channels, y.shape[-2], y.shape[-1])
+        return (y * a[:, :, None, None, None].to(y.dtype)).sum(dim=1)
+
+
+def conv(config: NetworkConfig, cin: int, cout: int, stride: int, dynamic: bool) -> nn.Module:
+    if dynamic:
+        return DynamicConv2d(cin, cout, 3, stride, config.n_kernels, config.attention_ratio,
+                             config.initial_temperature)
+    return nn.Conv2d(cin, cout, 3, stride, 1)
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> InstanceNorm -> LeakyReLU."""
+
+    def __init__(self, config, cin, cout, stride=1, dynamic=False):
+        super().__init__(conv(config, cin, cout, stride, dynamic),
+                         nn.InstanceNorm2d(cout, eps=1e-5, affine=True),
+                         nn.LeakyReLU(0.01, inplace=True))
+
+
+class Stage(nn.Sequential):
+    def __init__(self, config, cin, cout, stride, dynamic):
+        super().__init__(ConvBlock(config, cin, cout, stride, dynamic),
+                         ConvBlock(config, cout, cout, 1, dynamic))
+
+
+class CBAM(nn.Module):
+    """Channel attention (avg+max pool, shared MLP) then spatial attention (7x7 conv)."""
+
+    def __init__(self, channels: int, ratio: int = 16, spatial_kernel: int = 7):
+        super().__init__()
+        hidden = max(channels // ratio, 1)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
+
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The channel gate (B,C,1,1) and the spatial gate (B,1,H,W) for ``x``."""
+        channel = torch.sigmoid(self.mlp(x.mean(dim=(2, 3), keepdim=True))
+                                + self.mlp(x.amax(dim=(2, 3), keepdim=True)))
+        y = x * channel
+        spatial = torch.sigmoid(self.spatial(
+            torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], dim=1)))
+        return channel, spatial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel, spatial = self.gates(x)
+        return x * channel * spatial
+
+
+class SamBranch(nn.Module):
+    """SAM's ViT image encoder on the patch resized to its image size."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        # Imported here: segment_anything imports torchvision, which only the torch
+        # backend and training need.
+        from segment_anything.modeling import ImageEncoderViT
+
+        self.image_size = config.sam_image_size
+        self.encoder = ImageEncoderViT(
+            img_size=config.sam_image_size, patch_size=config.sam_patch_size,
+            in_chans=config.in_channels, embed_dim=config.sam_embed_dim,
+            depth=config.sam_depth, num_heads=config.sam_heads, mlp_ratio=4.0,
+            out_chans=config.sam_out_channels, qkv_bias=True,
+            use_rel_pos=config.sam_window_size > 0 or bool(config.sam_global_attention),
+            window_size=config.sam_window_size,
+            global_attn_indexes=tuple(config.sam_global_attention),
+        )
+        # SAM initialises the absolute position embedding to zeros; from scratch a small
+        # random start gives the tokens distinct positions from the first step.
+        nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False)
+        embedding = self.encoder(x)
+        if tuple(embedding.shape[-2:]) != tuple(size):
+            embedding = F.interpolate(embedding, size=size, mode="bilinear", align_corners=False)
+        return embedding
+
+
+class NnSam(nn.Module):
+    """nnSAM with dynamic-convolution encoder and CBAM skips.
+
+    Training mode returns deep-supervision logits, full resolution first; eval mode
+    returns the full-resolution logits only.
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        feats = config.features
+        self.encoder = nn.ModuleList(
+            Stage(config, config.in_channels if i == 0 else feats[i - 1], feats[i],
+                  1 if i == 0 else 2, config.dynamic)
+            for i in range(config.n_stages))
+        self.sam = SamBranch(config) if config.sam else None
+        skip_channels = list(feats[:-1])
+        if config.sam:
+            skip_channels[config.sam_skip_stage] += config.sam_out_channels
+        self.cbam = nn.ModuleList(CBAM(c, config.cbam_ratio) for c in skip_channels)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(feats[i + 1], feats[i], 2, 2) for i in range(config.n_stages - 1))
+        self.decoder = nn.ModuleList(
+            Stage(config, feats[i] + skip_channels[i], feats[i], 1, False)
+            for i in range(config.n_stages - 1))
+        self.heads = nn.ModuleList(
+            nn.Conv2d(feats[i], config.num_classes, 1) for i in range(config.n_stages - 1))
+
+    def dynamic_convs(self) -> list[DynamicConv2d]:
+        return [m for m in self.modules() if isinstance(m, DynamicConv2d)]
+
+    def set_temperature(self, value: float) -> None:
+        """Set the softmax temperature of every dynamic convolution (annealed 30 -> 1)."""
+        for m in self.dynamic_convs():
+            m.set_temperature(value)
+
+    def set_dynamic_form(self, form: str) -> None:
+        """Choose ``grouped`` (fast) or ``branches`` (dynamic-batch ONNX) dynamic convs."""
+        if form not in DYNAMIC_FORMS:
+            raise ModelConfigError(f"unknown dynamic form {form!r}; choose {DYNAMIC_FORMS}")
+        for m in self.dynamic_convs():
+            m.form = form
+
+    def freeze_sam(self, frozen: bool = True) -> None:
+        if self.sam is not None:
+            for p in self.sam.parameters():
+                p.requires_grad_(not frozen)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ModelConfigError(
+                f"expected input (batch, {c.in_channels}, H, W) of {c.in_channels} neighbouring "
+                f"slices, got shape {tuple(x.shape)}")
+        if x.shape[2] % c.total_stride or x.shape[3] % c.total_stride:
+            raise ModelConfigError(
+                f"input size {tuple(x.shape[2:])} is not divisible by the network's total "
+                f"stride {c.total_stride}")
+
+    def forward(self, x: torch.Tensor):
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            self.check_input(x)
+        skips = []
+        h = x
+        for i, stage in enumerate(self.encoder):
+            h = stage(h)
+            if i < len(self.encoder) - 1:
+                skips.append(h)
+        if self.sam is not None:
+            s = self.config.sam_skip_stage
+            skips[s] = torch.cat([skips[s], self.sam(x, skips[s].shape[-2:]).to(skips[s].dtype)],
+                                 dim=1)
+        outputs = []
+        for i in reversed(range(len(self.decoder))):
+            h = self.up[i](h)
+            h = self.decoder[i](torch.cat([h, self.cbam[i](skips[i])], dim=1))
+            if self.training or i == 0:
+                outputs.append(self.heads[i](h))
+        if not self.training:
+            return outputs[-1]
+        return outputs[::-1]
+
+
+def build_model(preset: str = "fast", **overrides) -> NnSam:
+    """A freshly initialised network for ``preset`` (see PRESETS)."""
+    return NnSam(get_config(preset, **overrides))
+
+
+def load_sam_checkpoint(model: NnSam, path: str | Path) -> None:
+    """Load SAM image-encoder weights from a segment-anything checkpoint into ``model``.
+
+    Position embeddings are resized to this preset's token grid; any other shape
+    difference is a ModelConfigError naming the file and the tensor.
+    """
+    if model.sam is None:
+        raise ModelConfigError("this network has no SAM branch (sam=False)")
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise ModelConfigError(f"{path}: cannot read the SAM checkpoint ({error})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    prefix = "image_encoder."
+    encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not encoder_state:
+        raise ModelConfigError(f"{path}: no 'image_encoder.*' tensors; not a SAM checkpoint")
+    target = model.sam.encoder.state_dict()
+    for key, value in list(encoder_state.items()):
+        if key not in target:
+            raise ModelConfigError(f"{path}: unexpected tensor {key} for this preset's SAM encoder")
+        want = target[key].shape
+        if value.shape == want:
+            continue
+        if key == "pos_embed" and value.ndim == 4 and value.shape[-1] == want[-1]:
+            encoder_state[key] = F.interpolate(
+                value.permute(0, 3, 1, 2), size=tuple(want[1:3]), mode="bicubic",
+                align_corners=False).permute(0, 2, 3, 1)
+        elif ".rel_pos_" in key and value.ndim == 2 and value.shape[1] == want[1]:
+            encoder_state[key] = F.interpolate(
+                value.T[None], size=want[0], mode="linear", align_corners=False)[0].T
+        else:
+            raise ModelConfigError(
+                f"{path}: {key} has shape {tuple(value.shape)} but this preset needs "
+                f"{tuple(want)}; choose a preset whose SAM encoder matches the checkpoint")
+    missing = sorted(set(target) - set(encoder_state))
+    if missing:
+        raise ModelConfigError(f"{path}: missing SAM encoder tensors, e.g. {missing[0]}")
+    model.sam.encoder.load_state_dict(encoder_state)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: NnSam, batch: int = 1) -> int:
+    """Floating-point operations of one eval forward pass (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = model.config
+    x = torch.zeros(batch, c.in_channels, *c.patch_size)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def preset_table() -> list[dict]:
+    """Parameters (M), GFLOPs per patch and patch size of each preset."""
+    rows = []
+    for name in PRESETS:
+        model = build_model(name)
+        c = model.config
+        rows.append({
+            "preset": name,
+            "params_m": count_parameters(model) / 1e6,
+            "gflops": count_flops(model) / 1e9,
+            "patch": f"{c.in_channels}x{c.patch_size[0]}x{c.patch_size[1]}",
+        })
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference.model",
+                                     description="Print the network presets.")
+    parser.parse_args(argv)
+    # flop_counter counts a multiply-accumulate as two FLOPs; papers that count with
+    # thop or ptflops (as the paper's 15.6 G seems to) report multiply-accumulates.
+    print(f"{'preset':<8} {'params (M)':>10} {'GFLOPs/patch':>12} {'GMACs/patch':>11} "
+          f"{'patch':>11}")
+    for row in preset_table():
+        print(f"{row['preset']:<8} {row['params_m']:>10.2f} {row['gflops']:>12.2f} "
+              f"{row['gflops'] / 2:>11.2f} {row['patch']:>11}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
