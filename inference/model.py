@@ -342,6 +342,21 @@ class NnSam(nn.Module):
         return outputs[::-1]
 
 
+class LesionProbability(nn.Module):
+    """The network's lesion probability (softmax channel 1) as one (batch, y, x) map.
+
+    This is what inference needs: one channel comes off the device instead of two.
+    """
+
+    def __init__(self, network: NnSam):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x).float()
+        return torch.sigmoid(logits[:, 1] - logits[:, 0])
+
+
 def build_model(preset: str = "fast", **overrides) -> NnSam:
     """A freshly initialised network for ``preset`` (see PRESETS)."""
     return NnSam(get_config(preset, **overrides))
@@ -388,6 +403,26 @@ def load_sam_checkpoint(model: NnSam, path: str | Path) -> None:
     if missing:
         raise ModelConfigError(f"{path}: missing SAM encoder tensors, e.g. {missing[0]}")
     model.sam.encoder.load_state_dict(encoder_state)
+
+
+def tile_activation_bytes(config: NetworkConfig, bytes_per_value: int = 2) -> int:
+    """A generous estimate of the inference memory one tile needs (no network is run).
+
+    Encoder outputs held as skips, the largest decoder stage's working set, each
+    sample's aggregated dynamic kernels and the SAM branch's tokens and attention.
+    """
+    py, px = config.patch_size
+    feats = config.features
+    maps = [feats[i] * (py >> i) * (px >> i) for i in range(config.n_stages)]
+    values = 2 * sum(maps) + 4 * (2 * feats[0] * py * px)
+    if config.dynamic:
+        cins = [config.in_channels] + feats[:-1]
+        values += sum(9 * f * (c + f) for c, f in zip(cins, feats))
+    if config.sam:
+        tokens = (config.sam_image_size // config.sam_patch_size) ** 2
+        values += config.in_channels * config.sam_image_size**2
+        values += 12 * tokens * config.sam_embed_dim + config.sam_heads * tokens**2
+    return int(values * bytes_per_value)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,14 +13,17 @@ from pathlib import Path
 
 import torch
 
-from inference.model import NnSam
+from inference.model import LesionProbability, NnSam
 
 OPSET = 18
 
 
 def export_onnx(model: NnSam, path: str | Path, batch_size: int | None = 8,
-                form: str = "grouped", dynamo: bool = False) -> Path:
+                form: str = "grouped", dynamo: bool = False, output: str = "logits") -> Path:
     """Write ``model`` in eval mode to ``path``; ``batch_size=None`` means a dynamic batch.
+
+    ``output="logits"`` keeps the (batch, classes, y, x) logits; ``"probability"``
+    exports the one-channel lesion probability (batch, y, x) that inference uses.
 
     A dynamic batch needs ``form="branches"`` when the network has dynamic convolutions.
     The model's own dynamic form and training mode are restored afterwards.
@@ -35,13 +38,16 @@ def export_onnx(model: NnSam, path: str | Path, batch_size: int | None = 8,
     model.eval()
     model.set_dynamic_form(form)
     example = torch.zeros(batch_size or 2, config.in_channels, *config.patch_size)
-    kwargs = dict(opset_version=OPSET, input_names=["tiles"], output_names=["logits"],
+    if output not in ("logits", "probability"):
+        raise ValueError(f"output must be 'logits' or 'probability', got {output!r}")
+    graph = LesionProbability(model) if output == "probability" else model
+    kwargs = dict(opset_version=OPSET, input_names=["tiles"], output_names=[output],
                   dynamo=dynamo)
     if batch_size is None:
         if dynamo:
             kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch")}}
         else:
-            kwargs["dynamic_axes"] = {"tiles": {0: "batch"}, "logits": {0: "batch"}}
+            kwargs["dynamic_axes"] = {"tiles": {0: "batch"}, output: {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -49,7 +55,7 @@ def export_onnx(model: NnSam, path: str | Path, batch_size: int | None = 8,
             # The TorchScript exporter warns that InstanceNorm in eval mode uses input
             # statistics: that is exactly what InstanceNorm does in both modes.
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(tmp), **kwargs)
+            torch.onnx.export(graph, (example,), str(tmp), **kwargs)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,101 @@
+"""Command line: ``python -m inference -i INPUTS -o OUTPUTS`` (what predict.sh runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+log = logging.getLogger("inference")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from inference.predictor import DEFAULT_GPU_MEMORY_MB
+
+    p = argparse.ArgumentParser(
+        prog="python -m inference",
+        description="Segment pan-cancer lesions in CT: <case>_0000.nii.gz in, <case>.nii.gz "
+                    "binary masks out, on the input's exact voxel grid.")
+    p.add_argument("-i", "--input", required=True, type=Path,
+                   help="folder of <case>_0000.nii.gz CT scans")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for the masks")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
+                   help="weights folder (plans.json, model files, SHA256SUMS); "
+                        "default: the weights shipped with the package")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="auto: torch on a GPU, onnxruntime on the CPU")
+    p.add_argument("--gpu-memory-mb", type=float, default=DEFAULT_GPU_MEMORY_MB,
+                   help="whole-GPU memory budget in MB, CUDA context included "
+                        f"(default {DEFAULT_GPU_MEMORY_MB}: under the challenge's 4 GB)")
+    p.add_argument("--step", type=float, default=None,
+                   help="tile step as a fraction of the patch (default: the plan's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per batch (default: from the memory budget)")
+    p.add_argument("--continue", dest="skip_existing", action="store_true",
+                   help="skip cases whose mask is already written")
+    p.add_argument("--num-parts", type=int, default=1,
+                   help="split the cases into this many parts (several machines or jobs)")
+    p.add_argument("--part-id", type=int, default=0, help="which part this run does (0-based)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write float32 lesion probabilities to OUTPUT/probabilities/")
+    p.add_argument("--timings-json", type=Path, default=None,
+                   help="write per-case stage timings to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--disable-progress-bar", action="store_true")
+    args = p.parse_args(argv)
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        p.error(f"--part-id must lie in 0..{args.num_parts - 1} with --num-parts {args.num_parts}")
+    if args.step is not None and not 0 < args.step <= 1:
+        p.error("--step is a fraction of the patch in (0, 1]")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    if args.gpu_memory_mb <= 0:
+        p.error("--gpu-memory-mb must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    from inference import nifti
+    from inference.backends import DeviceError
+    from inference.plans import PlanError
+    from inference.predictor import Predictor
+    from inference.weights import WeightsError
+
+    try:
+        cases = nifti.shard(nifti.list_cases(args.input), args.num_parts, args.part_id)
+        nifti.check_output_dir(args.output)
+        predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
+                              args.step, args.batch_size)
+    except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
+        log.error("error: %s", error)
+        return 2
+    log.info("start-up %.2f s (imports and model)", time.perf_counter() - START)
+    results = predictor.run(cases, args.output, args.skip_existing, args.save_probabilities,
+                            show_progress=not (args.quiet or args.disable_progress_bar))
+    if args.timings_json:
+        args.timings_json.write_text(json.dumps(
+            {"startup_s": predictor.startup_s, "device": predictor.device,
+             "backend": predictor.backend.name,
+             "cases": [{"case": r.case, "error": r.error, **r.timings} for r in results]},
+            indent=2) + "\n")
+    failed = [r for r in results if r.error]
+    if failed:
+        log.error("%d of %d cases failed: %s", len(failed), len(results),
+                  ", ".join(r.case for r in failed))
+        return 1
+    log.info("%d cases written to %s in %.1f s", len(results), args.output,
+             time.perf_counter() - START)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

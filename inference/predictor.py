@@ -1,0 +1,209 @@
+"""The predictor: a model loaded once, then fed cases; reading and writing overlap compute.
+
+Data flows one way: read -> preprocess -> sliding window -> decide and filter at
+network resolution -> restore onto the input grid -> write. Each stage's time is logged
+per case. Training's threshold search and pseudo-labelling use this same class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inference import nifti
+from inference.backends import OnnxBackend, TorchBackend, choose_backend, resolve_device
+from inference.plans import Plan
+from inference.postprocess import remove_components
+from inference.preprocess import pad_value, preprocess, restore, restore_probability
+from inference.sliding_window import sliding_window
+from inference.weights import load_plan
+
+log = logging.getLogger(__name__)
+
+# Whole-GPU memory the organisers allow is 4 GB; the CUDA context and cuDNN take about
+# 650 MiB of it before any tensor exists, so the allocator gets the rest less a margin.
+DEFAULT_GPU_MEMORY_MB = 3500
+CUDA_CONTEXT_MB = 700
+STAGES = ("read", "preprocess", "network", "postprocess", "restore", "write")
+
+
+@dataclass
+class CaseResult:
+    case: str
+    mask: np.ndarray | None = None
+    probability: np.ndarray | None = None
+    timings: dict = field(default_factory=dict)
+    tiles: int = 0
+    error: str | None = None
+
+
+class Predictor:
+    """Build once with a weights folder; call ``predict`` on volumes or ``run`` on files."""
+
+    def __init__(self, weights: str | Path, device: str = "auto", backend: str = "auto",
+                 gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, step: float | None = None,
+                 batch_size: int | None = None, plan: Plan | None = None):
+        start = time.perf_counter()
+        self.weights = Path(weights)
+        self.plan = plan or load_plan(self.weights)
+        if step is not None:
+            self.plan.tile_step = step
+            self.plan.validate("--step")
+        self.device = resolve_device(device)
+        name = choose_backend(backend, self.device)
+        if name == "onnx":
+            self.backend = OnnxBackend(self.weights, self.device)
+        else:
+            fraction = None
+            if self.device != "cpu":
+                fraction = _memory_fraction(gpu_memory_mb, self.device)
+            self.backend = TorchBackend(self.weights, self.plan, self.device,
+                                        memory_fraction=fraction)
+        self.batch_size = batch_size or self._batch_size(gpu_memory_mb)
+        self.startup_s = time.perf_counter() - start
+        log.info("model ready in %.2f s: %s backend, %s, %d tiles per batch",
+                 self.startup_s, self.backend.name, self.backend.provider, self.batch_size)
+
+    def _batch_size(self, gpu_memory_mb: float) -> int:
+        if self.backend.name == "onnx":
+            return self.backend.batch_size
+        if self.device == "cpu":
+            return 8
+        from inference.model import get_config, tile_activation_bytes
+
+        config = get_config(self.plan.preset, patch_size=tuple(self.plan.patch_size))
+        per_tile = tile_activation_bytes(config, bytes_per_value=2)
+        free = (gpu_memory_mb - CUDA_CONTEXT_MB) * 2**20 * 0.6
+        return int(np.clip(free // per_tile, 1, 64))
+
+    def predict(self, volume: nifti.CtVolume, probabilities: bool = False,
+                progress=None) -> CaseResult:
+        """Mask (uint8 z, y, x on the input grid) for one volume, with stage timings."""
+        result = CaseResult(case=str(volume.path or "array"))
+        t = time.perf_counter()
+        prepared = preprocess(volume.array, volume.spacing, volume.direction, self.plan,
+                              self.backend.prepare)
+        result.timings["preprocess"] = _lap(t)
+        post = self.plan.postprocessing
+        if prepared.box is None:  # no body at all: nothing to find
+            shape = volume.array.shape
+            result.mask = np.zeros(shape, np.uint8)
+            result.probability = np.zeros(shape, np.float32) if probabilities else None
+            return result
+        t = time.perf_counter()
+        probability = sliding_window(
+            prepared.volume, self.backend, self.plan.patch_size, self.plan.tile_step,
+            self.plan.context_slices, self.batch_size, prepared.body,
+            pad_value=pad_value(self.plan), oom_errors=self.backend.oom_errors,
+            progress=progress)
+        del prepared.volume
+        probability = probability if isinstance(probability, np.ndarray) else \
+            probability.cpu().numpy()
+        self._release()
+        result.timings["network"] = _lap(t)
+        t = time.perf_counter()
+        kept = remove_components(probability > post.threshold, prepared.spacing_zyx,
+                                 post.min_volume_mm3, post.min_confidence, probability)
+        result.timings["postprocess"] = _lap(t)
+        t = time.perf_counter()
+        result.mask = restore(probability, kept, prepared, post.threshold)
+        if probabilities:
+            result.probability = restore_probability(probability, prepared)
+        result.timings["restore"] = _lap(t)
+        return result
+
+    def _release(self) -> None:
+        """Hand cached GPU memory back as soon as the network is done (it is scored)."""
+        if self.backend.name == "torch" and self.device != "cpu":
+            self.backend.torch.cuda.empty_cache()
+
+    def run(self, cases: list[tuple[str, Path]], output_dir: Path, skip_existing: bool = False,
+            save_probabilities: bool = False, show_progress: bool = True) -> list[CaseResult]:
+        """Predict ``(case_id, path)`` pairs into ``output_dir``; failures are reported, not raised."""
+        from tqdm import tqdm
+
+        output_dir = Path(output_dir)
+        todo = [(c, p) for c, p in cases
+                if not (skip_existing and (output_dir / f"{c}.nii.gz").exists())]
+        if len(todo) < len(cases):
+            log.info("--continue: %d of %d cases already written", len(cases) - len(todo),
+                     len(cases))
+        results: list[CaseResult] = []
+        writes: list[tuple[CaseResult, Future]] = []
+        with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
+            pending = reader.submit(_timed_read, todo[0][1]) if todo else None
+            for i, (case, path) in enumerate(tqdm(todo, desc="cases", unit="case",
+                                                  disable=not show_progress)):
+                future, pending = pending, None
+                if i + 1 < len(todo):
+                    pending = reader.submit(_timed_read, todo[i + 1][1])
+                result = self._run_one(case, future, output_dir, writer, save_probabilities,
+                                       writes)
+                results.append(result)
+            for result, future in writes:
+                try:
+                    result.timings["write"] = future.result()
+                except Exception as error:  # noqa: BLE001 - reported per case
+                    result.error = f"{result.case}: cannot write the mask ({error})"
+                    log.error(result.error)
+                    continue
+                log.info("%s: %s", result.case, _format_timings(result))
+        return results
+
+    def _run_one(self, case, future, output_dir, writer, save_probabilities, writes):
+        result = CaseResult(case=case)
+        try:
+            volume, read_s = future.result()
+            predicted = self.predict(volume, probabilities=save_probabilities)
+        except nifti.InputError as error:
+            result.error = str(error)
+            log.error("%s", result.error)
+            return result
+        except Exception as error:  # our bug: keep the traceback, go on with the next case
+            result.error = f"{case}: failed ({type(error).__name__}: {error})"
+            log.exception("%s", result.error)
+            return result
+        result.timings = {"read": read_s, **predicted.timings}
+        mask, probability, grid = predicted.mask, predicted.probability, volume.grid
+        del volume
+        writes.append((result, writer.submit(_timed_write, mask, probability, grid,
+                                             output_dir, case)))
+        return result
+
+
+def _memory_fraction(gpu_memory_mb: float, device: str) -> float:
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**20
+    allocator_mb = max(gpu_memory_mb - CUDA_CONTEXT_MB, 256)
+    return float(min(allocator_mb / total, 1.0))
+
+
+def _lap(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _timed_read(path: Path):
+    t = time.perf_counter()
+    volume = nifti.read_ct(path)
+    return volume, _lap(t)
+
+
+def _timed_write(mask, probability, grid, output_dir: Path, case: str) -> float:
+    t = time.perf_counter()
+    nifti.write_mask(mask, grid, output_dir / f"{case}.nii.gz")
+    if probability is not None:
+        (output_dir / "probabilities").mkdir(exist_ok=True)
+        nifti.write_probabilities(probability, grid,
+                                  output_dir / "probabilities" / f"{case}.nii.gz")
+    return _lap(t)
+
+
+def _format_timings(result: CaseResult) -> str:
+    parts = [f"{s} {result.timings[s]:.2f} s" for s in STAGES if s in result.timings]
+    return " | ".join(parts) + f" | total {sum(result.timings.values()):.2f} s"

@@ -1,0 +1,114 @@
+"""From a CT volume to what the network sees, and the network's decision back onto the input grid.
+
+preprocess: reorient to the plan's orientation (nearest axes) -> body crop -> resample
+to the target spacing on the backend's device -> clip and z-score.
+restore: the lesion decision at network resolution -> linear upsampling of the kept
+lesion probability, only around kept lesions -> threshold -> paste into the
+uncropped grid -> undo the reorientation. The result lies exactly on the input grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from inference.geometry import Reorientation, body_box
+from inference.plans import Plan
+from inference.resample import resize_linear
+
+
+@dataclass
+class Prepared:
+    """A case ready for the sliding window, with what restore needs to undo it."""
+
+    volume: object  # normalised (z, y, x) at network resolution: numpy or torch
+    body: np.ndarray | None  # boolean body mask at network resolution
+    reorientation: Reorientation
+    oriented_shape: tuple[int, int, int]
+    box: tuple[slice, slice, slice] | None  # body crop in the oriented array; None: no body
+    spacing_zyx: tuple[float, float, float]  # network-resolution spacing
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        return tuple(s.stop - s.start for s in self.box)
+
+
+def network_shape(shape_zyx, spacing_zyx, target_zyx) -> tuple[int, int, int]:
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape_zyx, spacing_zyx, target_zyx))
+
+
+def _resize(a, shape):
+    if isinstance(a, np.ndarray):
+        return resize_linear(a, shape)
+    import torch.nn.functional as F
+
+    return F.interpolate(a[None, None], size=tuple(shape), mode="trilinear",
+                         align_corners=False)[0, 0]
+
+
+def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
+               to_device: Callable = np.ascontiguousarray) -> Prepared:
+    """Reorient, crop to the body, resample on the device, normalise."""
+    reorientation = Reorientation.to_target(direction, plan.orientation)
+    oriented = reorientation.apply(array_zyx)
+    spacing = reorientation.spacing_zyx(spacing_xyz)
+    box = body_box(oriented, plan.body_threshold_hu)
+    if box is None:
+        return Prepared(None, None, reorientation, oriented.shape, None, spacing)
+    crop = to_device(oriented[box])
+    shape = network_shape(crop.shape, spacing, plan.target_spacing[::-1])
+    resampled = _resize(crop, shape)
+    del crop
+    body = resampled > plan.body_threshold_hu
+    body = body if isinstance(body, np.ndarray) else body.cpu().numpy()
+    n = plan.normalization
+    if isinstance(resampled, np.ndarray):
+        np.clip(resampled, n.clip_low, n.clip_high, out=resampled)
+    else:
+        resampled.clamp_(n.clip_low, n.clip_high)
+    resampled -= n.mean
+    resampled /= n.std
+    net_spacing = tuple(c * s / r for c, s, r in
+                        zip((b.stop - b.start for b in box), spacing, shape))
+    return Prepared(resampled, body, reorientation, oriented.shape, box, net_spacing)
+
+
+def pad_value(plan: Plan) -> float:
+    """What air becomes after normalisation: the value for padding beyond the volume."""
+    n = plan.normalization
+    return (n.clip_low - n.mean) / n.std
+
+
+def restore(probability: np.ndarray, kept: np.ndarray, prepared: Prepared, threshold: float,
+            to_device: Callable = np.asarray, margin: int = 1) -> np.ndarray:
+    """uint8 {0,1} mask on the input grid from the kept lesions at network resolution.
+
+    Only the box around kept lesions is upsampled, so a case with few lesions (or none)
+    costs almost nothing here whatever its size.
+    """
+    full = np.zeros(prepared.oriented_shape, np.uint8)
+    if prepared.box is not None and kept.any():
+        crop_shape = prepared.crop_shape
+        lesion = np.where(kept, probability, 0).astype(np.float32)
+        region = []
+        for axis in range(3):
+            idx = np.flatnonzero(kept.any(axis=tuple(a for a in range(3) if a != axis)))
+            n_in, n_out = kept.shape[axis], crop_shape[axis]
+            lo = max(int(np.floor((idx[0] - margin) * n_out / n_in)), 0)
+            hi = min(int(np.ceil((idx[-1] + 1 + margin) * n_out / n_in)), n_out)
+            region.append((lo, hi))
+        up = resize_linear(to_device(lesion), crop_shape, tuple(region)) > threshold
+        up = up if isinstance(up, np.ndarray) else up.cpu().numpy()
+        crop = full[prepared.box]
+        crop[tuple(slice(lo, hi) for lo, hi in region)] = up
+    return np.ascontiguousarray(prepared.reorientation.invert(full))
+
+
+def restore_probability(probability: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """float32 lesion probability on the input grid (for --save-probabilities)."""
+    full = np.zeros(prepared.oriented_shape, np.float32)
+    if prepared.box is not None:
+        full[prepared.box] = resize_linear(probability.astype(np.float32), prepared.crop_shape)
+    return np.ascontiguousarray(prepared.reorientation.invert(full))

@@ -1,0 +1,57 @@
+"""Linear resampling that works on numpy arrays and torch tensors alike.
+
+Separable linear interpolation with the convention of
+``torch.nn.functional.interpolate(mode="trilinear", align_corners=False)``, so the
+onnxruntime path (numpy, no torch) and the torch path agree. ``region`` limits the work
+to a box of the output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def source_index(n_in: int, n_out: int, start: int = 0, stop: int | None = None):
+    """Lower/upper source indices and upper weights for output positions start..stop."""
+    stop = n_out if stop is None else stop
+    scale = n_in / n_out
+    src = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.maximum(src, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def _interp_axis(a, axis: int, n_out: int, start: int = 0, stop: int | None = None):
+    n_in = a.shape[axis]
+    if n_in == n_out and start == 0 and stop in (None, n_out):
+        return a
+    lo, hi, w = source_index(n_in, n_out, start, stop)
+    shape = [1] * a.ndim
+    shape[axis] = len(w)
+    if isinstance(a, np.ndarray):
+        w = w.reshape(shape)
+        low = np.take(a, lo, axis=axis)
+        return low + (np.take(a, hi, axis=axis) - low) * w
+    import torch  # only reached with a tensor, so the numpy path never imports torch
+
+    lo_t = torch.as_tensor(lo, device=a.device)
+    hi_t = torch.as_tensor(hi, device=a.device)
+    w_t = torch.as_tensor(w, device=a.device, dtype=a.dtype).reshape(shape)
+    low = a.index_select(axis, lo_t)
+    return low + (a.index_select(axis, hi_t) - low) * w_t
+
+
+def resize_linear(a, shape, region=None):
+    """``a`` (z, y, x) resized to ``shape`` by trilinear interpolation.
+
+    ``region``, a (start, stop) pair per axis, computes only that box of the output:
+    the restore step uses it to upsample only around kept lesions, slab by slab.
+    The axis that shrinks most goes first, which keeps intermediate arrays small.
+    """
+    if isinstance(a, np.ndarray) and a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32)
+    region = region or tuple((0, n) for n in shape)
+    for axis in sorted(range(3), key=lambda ax: (region[ax][1] - region[ax][0]) / a.shape[ax]):
+        a = _interp_axis(a, axis, shape[axis], *region[axis])
+    return a

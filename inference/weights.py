@@ -1,0 +1,94 @@
+"""The weights folder the container reads, and the function that writes it.
+
+    weights/
+      plans.json   the plan (spacing, patch, normalisation, thresholds, preset)
+      model.pt     torch state dict (torch backend; loaded with weights_only=True)
+      model.onnx   lesion-probability graph for onnxruntime (fixed tile batch)
+      model.json   how the files were made: preset, ONNX batch and form, provenance
+      SHA256SUMS   checksums of the four files above, checked at load
+
+Reading never imports torch, so the onnxruntime path stays free of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from inference.plans import Plan
+
+PLANS, TORCH_MODEL, ONNX_MODEL, MODEL_INFO, SUMS = (
+    "plans.json", "model.pt", "model.onnx", "model.json", "SHA256SUMS")
+DEFAULT_ONNX_BATCH = 8
+
+
+class WeightsError(RuntimeError):
+    """A weights folder that cannot be used; the message names the file."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sums(folder: Path) -> dict[str, str]:
+    path = folder / SUMS
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing; the weights folder has no checksums")
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            sums[name.lstrip("*")] = digest
+    return sums
+
+
+def verified(folder: str | Path, name: str) -> Path:
+    """Path to ``name`` in ``folder`` after checking its sha256 against SHA256SUMS."""
+    folder = Path(folder)
+    path = folder / name
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing from the weights folder")
+    expected = read_sums(folder).get(name)
+    if expected is None:
+        raise WeightsError(f"{folder / SUMS}: no checksum for {name}")
+    if sha256(path) != expected:
+        raise WeightsError(f"{path}: sha256 does not match SHA256SUMS; the file is corrupt "
+                           "or was changed after export")
+    return path
+
+
+def load_plan(folder: str | Path) -> Plan:
+    return Plan.load(verified(folder, PLANS))
+
+
+def load_info(folder: str | Path) -> dict:
+    return json.loads(verified(folder, MODEL_INFO).read_text())
+
+
+def write_weights(folder: str | Path, model, plan: Plan, onnx_batch: int = DEFAULT_ONNX_BATCH,
+                  info: dict | None = None) -> Path:
+    """Write plans, torch and ONNX models, provenance and checksums into ``folder``."""
+    import torch
+
+    from inference.onnx_export import export_onnx
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plan.save(folder / PLANS)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = folder / f".{TORCH_MODEL}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / TORCH_MODEL)
+    export_onnx(model, folder / ONNX_MODEL, batch_size=onnx_batch, form="grouped",
+                output="probability")
+    meta = {"preset": plan.preset, "onnx_batch": onnx_batch, "onnx_form": "grouped",
+            "onnx_output": "lesion probability (batch, y, x)", **(info or {})}
+    (folder / MODEL_INFO).write_text(json.dumps(meta, indent=2) + "\n")
+    names = [PLANS, TORCH_MODEL, ONNX_MODEL, MODEL_INFO]
+    (folder / SUMS).write_text("".join(f"{sha256(folder / n)}  {n}\n" for n in names))
+    return folder

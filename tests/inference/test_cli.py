@@ -1,0 +1,164 @@
+"""The container contract end to end: predict.sh / python -m inference on files."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.inference.conftest import write_phantom_case
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = ROOT.parent / "shared" / "data" / "real"
+
+
+def run_cli(inputs, outputs, weights, *extra):
+    cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs),
+           "--weights", str(weights), "--disable-progress-bar", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
+            and a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection())
+
+
+def check_outputs(inputs: Path, outputs: Path, cases):
+    for case in cases:
+        out = sitk.ReadImage(str(outputs / f"{case}.nii.gz"))
+        ref = sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz"))
+        assert same_grid(out, ref), case
+        assert out.GetPixelID() == sitk.sitkUInt8
+        assert set(np.unique(sitk.GetArrayViewFromImage(out))) <= {0, 1}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    write_phantom_case(folder, "lps", 1, "LPS")
+    write_phantom_case(folder, "ras", 2, "RAS")
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_both_backends_write_masks_on_the_input_grid(inputs, tmp_path, tiny_weights, backend):
+    result = run_cli(inputs, tmp_path, tiny_weights, "--backend", backend, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    check_outputs(inputs, tmp_path, ["lps", "ras"])
+    assert "network" in result.stderr and "write" in result.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_backends_agree(inputs, tmp_path, tiny_weights):
+    for backend in ("onnx", "torch"):
+        assert run_cli(inputs, tmp_path / backend, tiny_weights, "--backend", backend,
+                       "--device", "cpu").returncode == 0
+    for case in ("lps", "ras"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "onnx" / f"{case}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "torch" / f"{case}.nii.gz")))
+        assert (a != b).mean() < 1e-3
+
+
+def test_onnx_path_never_imports_torch(inputs, tmp_path, tiny_weights):
+    code = ("import sys, runpy; sys.argv = ['inference', '-i', sys.argv[1], '-o', sys.argv[2], "
+            "'--weights', sys.argv[3], '--backend', 'onnx', '--device', 'auto', '--quiet'];\n"
+            "try:\n    runpy.run_module('inference', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('torch' in sys.modules, 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(inputs), str(tmp_path),
+                          str(tiny_weights)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+    check_outputs(inputs, tmp_path, ["lps", "ras"])
+
+
+def test_predict_sh_runs_on_a_workspace_folder(inputs, tmp_path, tiny_weights):
+    workspace_in, workspace_out = tmp_path / "inputs", tmp_path / "outputs"
+    shutil.copytree(inputs, workspace_in)
+    env = {**os.environ, "INPUT_DIR": str(workspace_in), "OUTPUT_DIR": str(workspace_out)}
+    result = subprocess.run(["sh", str(ROOT / "predict.sh"), "--weights", str(tiny_weights)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    check_outputs(workspace_in, workspace_out, ["lps", "ras"])
+
+
+def test_bad_inputs_fail_alone_with_one_line_each(tmp_path, tiny_weights):
+    inputs = tmp_path / "in"
+    good = write_phantom_case(inputs, "good", 3)
+    (inputs / "empty_0000.nii.gz").write_bytes(b"")
+    data = good.read_bytes()
+    (inputs / "truncated_0000.nii.gz").write_bytes(data[: len(data) // 2])
+    flat = sitk.GetImageFromArray(np.zeros((30, 40), np.int16))
+    sitk.WriteImage(flat, str(inputs / "flat_0000.nii.gz"))
+    unit = sitk.GetImageFromArray(np.random.default_rng(0).random((8, 30, 30)).astype(np.float32))
+    sitk.WriteImage(unit, str(inputs / "unit_0000.nii.gz"))
+    (inputs / "._good_0000.nii.gz").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    out = tmp_path / "out"
+    result = run_cli(inputs, out, tiny_weights, "--backend", "onnx", "--device", "cpu")
+    assert result.returncode == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz"]
+    errors = [line for line in result.stderr.splitlines() if "_0000.nii.gz" in line]
+    for case in ("empty", "truncated", "flat", "unit"):
+        assert sum(f"{case}_0000.nii.gz" in line for line in errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "4 of 5 cases failed" in result.stderr
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_missing_or_empty_input_folder_is_an_error(tmp_path, tiny_weights, make):
+    inputs = tmp_path / "in"
+    if make == "empty":
+        inputs.mkdir()
+    result = run_cli(inputs, tmp_path / "out", tiny_weights)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) <= 2 and str(inputs) in result.stderr
+
+
+def test_output_folder_that_cannot_be_created(inputs, tmp_path, tiny_weights):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_cli(inputs, blocker / "out", tiny_weights)
+    assert result.returncode == 2 and "out" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_weights_are_refused(tmp_path, tiny_weights, inputs):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    with open(weights / "model.onnx", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    result = run_cli(inputs, tmp_path / "out", weights, "--backend", "onnx")
+    assert result.returncode == 2 and "model.onnx: sha256 does not match" in result.stderr
+
+
+def test_continue_and_sharding(inputs, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    first = run_cli(inputs, out, tiny_weights, "--num-parts", "2", "--part-id", "0")
+    assert first.returncode == 0
+    assert len(list(out.glob("*.nii.gz"))) == 1
+    second = run_cli(inputs, out, tiny_weights, "--continue", "--timings-json",
+                     str(tmp_path / "t.json"))
+    assert second.returncode == 0 and "already written" in second.stderr
+    timings = json.loads((tmp_path / "t.json").read_text())
+    assert len(timings["cases"]) == 1
+    assert {"read", "preprocess", "network", "restore", "write"} <= set(timings["cases"][0])
+    assert len(list(out.glob("*.nii.gz"))) == 2
+    bad = run_cli(inputs, out, tiny_weights, "--num-parts", "2", "--part-id", "2")
+    assert bad.returncode == 2 and "--part-id" in bad.stderr
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="real scans live in ../shared/data/real "
+                    "beside the project; a user's clone has none")
+def test_real_scans_end_to_end(tmp_path, tiny_weights):
+    cases = sorted(p.name[:-len("_0000.nii.gz")] for p in REAL.glob("*_0000.nii.gz"))
+    assert cases
+    result = run_cli(REAL, tmp_path, tiny_weights, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    check_outputs(REAL, tmp_path, cases)
