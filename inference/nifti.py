@@ -58,6 +58,9 @@ NIFTI_SUFFIX = ".nii.gz"
 
 # ITK's own warnings go to stderr with C++ source paths; we log one line each instead.
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
+# Let ITK orthonormalise a sheared sform instead of refusing the file. Set once, here: the
+# predictor reads in a thread, and setenv racing getenv elsewhere can crash the process.
+os.environ.setdefault("ITK_NIFTI_SFORM_PERMISSIVE", "1")
 
 _HEADER_SIZE = 348
 _DATA_OFFSET = 352  # header + the 4-byte extension flag (no extensions written)
@@ -66,7 +69,6 @@ _CHUNK = 1 << 24
 # NIfTI-1 datatype codes a grey-value CT can be stored as -> bytes per voxel.
 _VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
 _UINT8, _FLOAT32 = 2, 16
-_PERMISSIVE_SFORM = "ITK_NIFTI_SFORM_PERMISSIVE"
 
 
 class InputError(Exception):
@@ -207,8 +209,7 @@ def read_ct(path: str | os.PathLike) -> CtVolume:
     reader.SetImageIO("NiftiImageIO")
     reader.SetFileName(str(path))
     try:
-        with _permissive_sform():
-            image = reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{path}: cannot be read as NIfTI ({_itk_reason(error)})") from None
     if reader.HasMetaDataKey("ITK_sform_corrected") and \
@@ -328,20 +329,6 @@ def _check_gzip_complete(path: Path, header: _Header, size: int) -> None:
     if total < expected:
         raise InputError(f"{path}: truncated: {total} bytes decompressed but the header "
                          f"describes {expected}; copy the file again")
-
-
-@contextmanager
-def _permissive_sform() -> Iterator[None]:
-    """Let ITK orthonormalise a sheared sform instead of refusing the file."""
-    previous = os.environ.get(_PERMISSIVE_SFORM)
-    os.environ[_PERMISSIVE_SFORM] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[_PERMISSIVE_SFORM]
-        else:
-            os.environ[_PERMISSIVE_SFORM] = previous
 
 
 def _check_intensities(array: np.ndarray, path: Path) -> np.ndarray:
