@@ -64,6 +64,7 @@ class Predictor:
                 fraction = _memory_fraction(gpu_memory_mb, self.device)
             self.backend = TorchBackend(self.weights, self.plan, self.device,
                                         memory_fraction=fraction)
+        self.gpu_memory_mb = gpu_memory_mb
         self.batch_size = batch_size or self._batch_size(gpu_memory_mb)
         self.startup_s = time.perf_counter() - start
         log.info("model ready in %.2f s: %s backend, %s, %d tiles per batch",
@@ -81,6 +82,20 @@ class Predictor:
         free = (gpu_memory_mb - CUDA_CONTEXT_MB) * 2**20 * 0.6
         return int(np.clip(free // per_tile, 1, 64))
 
+    def _blending(self, shape) -> tuple[int, bool]:
+        """Slab depth and whether blended slabs go to host memory, from the budget.
+
+        The two accumulators of a slab take at most an eighth of the device budget; the
+        whole network-resolution probability stays on the device only if it fits in
+        another eighth.
+        """
+        plane_bytes = 4 * shape[1] * max(shape[2], 1)
+        budget = (self.gpu_memory_mb - CUDA_CONTEXT_MB) * 2**20 / 8
+        if self.device == "cpu":
+            return 32, False
+        slab = int(np.clip(budget // (2 * plane_bytes), 1, 64))
+        return slab, plane_bytes * shape[0] > budget
+
     def predict(self, volume: nifti.CtVolume, probabilities: bool = False,
                 progress=None) -> CaseResult:
         """Mask (uint8 z, y, x on the input grid) for one volume, with stage timings."""
@@ -96,11 +111,12 @@ class Predictor:
             result.probability = np.zeros(shape, np.float32) if probabilities else None
             return result
         t = time.perf_counter()
+        slab, to_host = self._blending(prepared.body.shape)
         probability = sliding_window(
             prepared.volume, self.backend, self.plan.patch_size, self.plan.tile_step,
-            self.plan.context_slices, self.batch_size, prepared.body,
+            self.plan.context_slices, self.batch_size, prepared.body, slab_slices=slab,
             pad_value=pad_value(self.plan), oom_errors=self.backend.oom_errors,
-            progress=progress)
+            progress=progress, to_host=to_host)
         del prepared.volume
         probability = probability if isinstance(probability, np.ndarray) else \
             probability.cpu().numpy()

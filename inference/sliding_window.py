@@ -118,12 +118,15 @@ def sliding_window(
     pad_value: float = 0.0,
     oom_errors: tuple = (),
     progress: Callable[[int], None] | None = None,
+    to_host: bool = False,
 ):
-    """Lesion probability for every voxel of ``volume`` (z, y, x), same type and shape.
+    """Lesion probability for every voxel of ``volume`` (z, y, x), same shape.
 
     ``predict(tiles)`` maps a (b, context, py, px) batch to (b, py, px) probabilities.
     ``body`` is a boolean numpy mask of ``volume``'s shape: tiles that miss it on their
     slice are skipped. On one of ``oom_errors`` the batch is halved and retried.
+    The result has ``volume``'s type, or is a numpy array filled slab by slab when
+    ``to_host`` is set, so the device holds only one slab's accumulators.
     """
     ops = _ops(volume)
     nz, ny, nx = volume.shape
@@ -138,7 +141,7 @@ def sliding_window(
     half = context // 2
     tiles = plan_tiles(shape, patch, step, body)
     log.debug("%d tiles of %dx%d for a %s volume", len(tiles), py, px, tuple(shape))
-    out = ops.zeros(shape)
+    out = np.zeros(shape, np.float32) if to_host else ops.zeros(shape)
     by_slab: dict[int, list[Tile]] = {}
     for t in tiles:
         by_slab.setdefault(t.z // slab_slices, []).append(t)
@@ -169,7 +172,7 @@ def sliding_window(
                 progress(len(chunk))
         covered = norm > 0
         acc[covered] /= norm[covered]
-        out[z0:z1] = acc
+        out[z0:z1] = acc if not to_host or isinstance(acc, np.ndarray) else acc.cpu().numpy()
     return out[:, :ny, :nx]
 
 

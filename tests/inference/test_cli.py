@@ -162,3 +162,20 @@ def test_real_scans_end_to_end(tmp_path, tiny_weights):
     result = run_cli(REAL, tmp_path, tiny_weights, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     check_outputs(REAL, tmp_path, cases)
+
+
+def test_tiny_volume_and_thousands_of_slices(tmp_path, tiny_weights):
+    """A volume smaller than a patch, and a long thin one with 2000 slices."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for case, shape in (("tiny", (3, 12, 10)), ("long", (2000, 24, 20))):
+        array = np.full(shape, -1000, np.int16)
+        array[:, 2:-2, 2:-2] = rng.integers(-100, 200, size=(shape[0], shape[1] - 4,
+                                                            shape[2] - 4))
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.5, 1.5, 1.0))
+        sitk.WriteImage(image, str(inputs / f"{case}_0000.nii.gz"))
+    result = run_cli(inputs, tmp_path / "out", tiny_weights, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    check_outputs(inputs, tmp_path / "out", ["tiny", "long"])

@@ -117,3 +117,11 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(volume):
 
     with pytest.raises(FakeOOM):
         sliding_window(volume, always, PATCH, 0.5, 3, batch_size=4, oom_errors=(FakeOOM,))
+
+
+def test_blending_to_host_slab_by_slab_gives_the_same_result(volume):
+    expected = sliding_window(volume, fake_network, PATCH, 0.5, 3, batch_size=4)
+    got = sliding_window(torch.from_numpy(volume), fake_network, PATCH, 0.5, 3, batch_size=4,
+                         slab_slices=2, to_host=True)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

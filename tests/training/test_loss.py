@@ -1,0 +1,61 @@
+"""Dice + CE with deep supervision: it trains, and partial labels do not punish far lesions."""
+
+import torch
+
+from inference.model import build_model
+from training.loss import DeepSupervisionLoss, deep_supervision_weights
+
+
+def test_deep_supervision_weights_halve_and_sum_to_one():
+    w = deep_supervision_weights(4)
+    assert abs(sum(w) - 1) < 1e-9 and all(abs(a / b - 2) < 1e-9 for a, b in zip(w, w[1:]))
+
+
+def test_loss_decreases_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    model.set_temperature(1.0)
+    model.set_dynamic_form("branches")
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    y[:, 10:20, 12:22] = 1
+    x[:, :, 10:20, 12:22] += 2.0
+    loss_fn = DeepSupervisionLoss("plain")
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(20):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def _case():
+    """A labelled lesion top-left; the network also calls a far region lesion."""
+    label = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    label[0, 5:15, 5:15] = 1
+    logits = torch.zeros(1, 2, 64, 64)
+    logits[0, 1, 5:15, 5:15] = 3.0
+    logits[0, 1, 45:58, 45:58] = 3.0  # lesion-like, far from the labelled one
+    logits[0, 1, 15:18, 5:15] = 3.0  # an over-segmentation right next to the label
+    return logits.requires_grad_(True), label
+
+
+def test_partial_ignore_leaves_far_lesion_like_predictions_unpunished():
+    logits, label = _case()
+    loss = DeepSupervisionLoss("ignore", margin=8)(logits, label, torch.tensor([True]))
+    loss.backward()
+    grad = logits.grad.abs().sum(dim=1)[0]
+    assert grad[45:58, 45:58].max() == 0  # the far prediction costs nothing
+    assert grad[15:18, 5:15].min() > 0  # errors next to the marked lesion still count
+    assert grad[5:15, 5:15].min() > 0
+
+
+def test_plain_mode_and_complete_labels_punish_everywhere():
+    for mode, partial in (("plain", True), ("ignore", False)):
+        logits, label = _case()
+        DeepSupervisionLoss(mode)(logits, label, torch.tensor([partial])).backward()
+        assert logits.grad.abs().sum(dim=1)[0, 45:58, 45:58].min() > 0

