@@ -1,0 +1,220 @@
+"""The paper's Table 4 for our container: running time, peak memory and memory-time area per case.
+
+    python -m benchmark.profile -i DIR [--sizes Z ...] [--make-suite] [--docker IMAGE]
+                                [--weights DIR] [--backend auto|torch|onnx] [-o OUT]
+
+Each case of DIR (``<case>_0000.nii.gz``; ``--sizes`` keeps those with that many
+slices) runs once, as the organisers run it: a fresh ``sh predict.sh`` process (or,
+with ``--docker``, the organisers' ``docker container run ...`` line) on a workspace
+holding that case alone, timed whole. Memory is whole-GPU memory from NVML polled every
+0.1 s; without a GPU, the peak RSS of the run's process tree instead, said in every
+output. Local runs also record the per-case stages from ``--timings-json``.
+
+Writes ``profile_<machine>_<date>_<tag>.csv``, ``.md`` and ``.png`` (with the paper's
+Table 4 drawn beside ours) into OUT (default ``benchmark/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from benchmark import machine, paper, report
+from benchmark.memory import NvmlSampler, RssTreeSampler, nvml_available
+from benchmark.runner import STAGES, case_info, display_path, list_inputs, run_case
+
+log = logging.getLogger("benchmark.profile")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+CSV_COLUMNS = ["case", "size", "slices", "spacing_mm", "time_s", "exit_code", "output_ok",
+               "memory", "max_mb", "area_mb_s", "samples", *(f"{s}_s" for s in STAGES),
+               "startup_s", "other_s", "backend", "device", "error"]
+TABLE_COLUMNS = [("case", "case"), ("size", "size"), ("slices", "slices", "d"),
+                 ("time_s", "time (s)", ".2f"), ("max_mb", "max {mem} (MB)", ".0f"),
+                 ("area_mb_s", "{mem} area (MB*s)", ".0f"),
+                 *((f"{s}_s", f"{s} (s)", ".2f") for s in STAGES),
+                 ("startup_s", "model load (s)", ".2f"),
+                 ("other_s", "interpreter+imports+exit (s)", ".2f")]
+
+
+def weights_note(folder: Path | None) -> dict:
+    """Preset and provenance of a weights folder (model.json), for the results' header."""
+    folder = Path(folder or DEFAULT_WEIGHTS)
+    try:
+        info = json.loads((folder / "model.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    return {"path": display_path(folder), "preset": info.get("preset", "unknown"),
+            "trained": info.get("trained"), "note": info.get("note", "")}
+
+
+def select_cases(folder: Path, sizes) -> list[Path]:
+    slices = {p: case_info(p)[0][2] for p in list_inputs(folder)}
+    if sizes:
+        missing = sorted(set(sizes) - set(slices.values()))
+        if missing:
+            log.warning("no case with %s slices in %s (--make-suite writes them)",
+                        " or ".join(map(str, missing)), folder)
+        slices = {p: z for p, z in slices.items() if z in set(sizes)}
+    return sorted(slices, key=lambda p: (slices[p], p.name))
+
+
+def _parser() -> argparse.ArgumentParser:
+    from benchmark.suite import add_suite_arguments
+
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark.profile",
+        description="Time each case in a fresh predict.sh process (or the organisers' docker "
+                    "run) with memory polled every 0.1 s; write CSV, Markdown and a plot "
+                    "beside the paper's Table 4.")
+    p.add_argument("-i", "--input", required=True, type=Path, metavar="DIR",
+                   help="folder of <case>_0000.nii.gz inputs")
+    p.add_argument("-o", "--output", type=Path, default=RESULTS, metavar="OUT",
+                   help="results folder (default benchmark/results)")
+    p.add_argument("--make-suite", action="store_true",
+                   help="first write the missing Table 4 phantoms (--sizes) into DIR")
+    add_suite_arguments(p)
+    p.add_argument("--docker", metavar="IMAGE",
+                   help="run the organisers' docker command on IMAGE instead of predict.sh")
+    p.add_argument("--gpu-index", type=int, default=0,
+                   help="GPU to poll and, with --docker, to pass as --gpus device=N (default 0)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights folder for predict.sh (default: the shipped weights/)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                   help="predict.sh's --backend (default: its own, auto)")
+    p.add_argument("--device", default=None, help="predict.sh's --device (default: auto)")
+    p.add_argument("--tag", default=None,
+                   help="file-name tag (default: <preset>-<backend>, or docker)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the unrecorded first run that warms the file cache")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+                   help="kill a run after S seconds (default 1800)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.docker:
+        if args.weights or args.backend or args.device:
+            p.error("--weights, --backend and --device are baked into a --docker image")
+        if shutil.which("docker") is None:
+            log.error("error: --docker needs the docker command; none is on PATH")
+            return 2
+        if not nvml_available(args.gpu_index):
+            log.error("error: --docker runs with --gpus; NVML sees no GPU %d here", args.gpu_index)
+            return 2
+    if args.make_suite:
+        from benchmark.suite import write_suite
+
+        write_suite(args.input, args.sizes or paper.SLICES, args.slice_spacing, args.seed)
+    if not args.input.is_dir():
+        log.error("error: %s: no such folder (make one with python -m benchmark.suite -o %s)",
+                  args.input, args.input)
+        return 2
+    cases = select_cases(args.input, args.sizes)
+    if not cases:
+        log.error("error: %s: no <case>_0000.nii.gz%s", args.input,
+                  f" with {args.sizes} slices" if args.sizes else "")
+        return 2
+
+    stamp = machine.stamp()
+    gpu = nvml_available(args.gpu_index)
+    run_options = dict(docker=args.docker, weights=args.weights, backend=args.backend,
+                       device=args.device, gpu_index=args.gpu_index, timeout=args.timeout)
+
+    def sampler():
+        return NvmlSampler(args.gpu_index) if gpu else RssTreeSampler()
+
+    if not args.no_warmup:
+        log.info("warm-up run (not recorded): %s", cases[0].name)
+        run_case(cases[0], sampler=sampler(), **run_options)
+    runs = []
+    for path in cases:
+        run = run_case(path, sampler=sampler(), **run_options)
+        runs.append(run)
+        log.info("%s: %.2f s, max %.0f MB, area %.0f MB*s (%s)%s", run.case, run.time_s,
+                 run.trace.peak, run.trace.area, run.trace.kind,
+                 f" FAILED: {run.error}" if run.error or not run.output_ok else "")
+
+    weights = weights_note(args.weights) if not args.docker else None
+    backend = next((r.backend for r in runs if r.backend), None)
+    tag = args.tag or ("docker" if args.docker else f"{weights['preset']}-{backend or 'auto'}")
+    base = args.output / f"profile_{machine.slug(stamp)}_{tag}"
+    rows = [r.row() for r in runs]
+    report.write_csv(rows, base.with_suffix(".csv"), CSV_COLUMNS)
+    memory_label = runs[0].trace.label
+    title = (f"Table 4, ours ({tag}) on {stamp['cpu']} ({stamp['cores']} cores"
+             f"{', ' + stamp['gpus'][0] if stamp['gpus'] else ', no GPU'}), {stamp['date']}")
+    report.plot_table4(rows, base.with_suffix(".png"), title,
+                       "GPU, NVML" if gpu else "CPU: peak RSS, not GPU", f"ours ({tag})")
+    report.write_text(base.with_suffix(".md"),
+                      _markdown(rows, runs, stamp, args, weights, backend, tag, gpu,
+                                memory_label, base.with_suffix(".png").name, argv))
+    failed = [r for r in runs if r.exit_code != 0 or not r.output_ok]
+    print(report.markdown_table(rows, _columns(gpu)))
+    print(f"results: {display_path(base)}.csv/.md/.png")
+    if failed:
+        log.error("%d of %d runs failed: %s", len(failed), len(runs),
+                  ", ".join(r.case for r in failed))
+        return 1
+    return 0
+
+
+def _columns(gpu: bool) -> list[tuple]:
+    mem = "GPU" if gpu else "RSS"
+    return [tuple(part.format(mem=mem) if isinstance(part, str) else part for part in c)
+            for c in TABLE_COLUMNS]
+
+
+def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label, png,
+              argv) -> str:
+    shown = " ".join(shlex.quote(a if not Path(a).is_absolute() else display_path(a))
+                     for a in (argv if argv is not None else sys.argv[1:]))
+    how = ("the organisers' `docker container run --shm-size=28gb -m 28G --gpus=\"device="
+           f"{args.gpu_index}\" --rm -v ...:/workspace/inputs/ -v ...:/workspace/outputs/ "
+           f"{args.docker} /bin/bash -c \"sh predict.sh\"`" if args.docker else
+           "`sh predict.sh` (INPUT_DIR/OUTPUT_DIR = a temporary workspace holding that one "
+           "case; `--timings-json` added for the stage columns)")
+    lines = [
+        f"# Table 4, ours ({tag})", "",
+        f"- machine: {machine.describe(stamp)}",
+        f"- command: `python -m benchmark.profile {shown}`",
+        f"- each case: one fresh run of {how}, wall-clock of the whole run",
+        f"- memory: {memory_label}" + ("" if gpu else
+            ". **No GPU on this machine: these are CPU RSS numbers, not comparable with the "
+            "paper's GPU memory.**"),
+    ]
+    if weights:
+        trained = {True: "trained", False: "**untrained** (random initialisation: speed "
+                   "numbers are honest, masks are meaningless)"}.get(weights["trained"],
+                                                                    "training status unknown")
+        lines.append(f"- weights: `{weights['path']}`, preset `{weights['preset']}`, {trained}"
+                     + (f"; {weights['note']}" if weights["note"] else ""))
+        lines.append(f"- backend: {backend or 'unknown'} on {runs[0].device or 'unknown'}")
+    if not args.no_warmup:
+        lines.append("- one unrecorded warm-up run first (file cache warm for every case)")
+    lines += [
+        "- stage columns come from the run's own `--timings-json`; model load is the "
+        "Predictor's start-up; the last column is the rest of the wall-clock (interpreter "
+        "start, imports, exit)", "",
+        report.markdown_table(rows, _columns(gpu)),
+        f"![time, memory and area against slices, with the paper's]({png})", "",
+        "## The paper's Table 4", "", report.paper_markdown(),
+    ]
+    bad = [r for r in runs if r.exit_code != 0 or not r.output_ok]
+    if bad:
+        lines += ["", "## Failed runs", ""] + [f"- {r.case}: {r.error or 'no valid output'}"
+                                               for r in bad]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Writers for benchmark results: CSV, Markdown tables and the Table 4 plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+from benchmark import paper
+
+
+def _cell(value, fmt: str | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, fmt)
+    return str(value)
+
+
+def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV with a header; ``columns`` fixes the order (default: the first row's keys).
+
+    Missing values are empty cells; floats keep full precision.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in columns])
+    tmp.replace(path)
+    return path
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple]) -> str:
+    """A GitHub Markdown table; ``columns`` are ``(key, header[, format])`` tuples.
+
+    Numeric columns (those with a format) are right-aligned; missing values are blank.
+    """
+    heads = [c[1] for c in columns]
+    align = ["---:" if len(c) > 2 and c[2] else "---" for c in columns]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        cells = [_cell(row.get(c[0]), c[2] if len(c) > 2 else None).replace("|", "\\|")
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def paper_markdown() -> str:
+    """The paper's Table 4 as Markdown, with its source."""
+    table = markdown_table(paper.table(), [
+        ("slices", "slices (512x512xZ)", "d"), ("time_s", "running time (s)", ".2f"),
+        ("max_gpu_mb", "max GPU (MB)", "d"), ("area_mb_s", "GPU memory-time area (MB*s)", "d")])
+    return (f"{table}\nSource: {paper.SOURCE}. Only the first and the last area are known "
+            "(blank: not reported in the text we have).\n")
+
+
+def plot_table4(rows: Sequence[dict], path: str | Path, title: str, memory_label: str,
+                ours_label: str = "ours") -> Path:
+    """Running time, peak memory and memory-time area against slices, ours beside the paper's.
+
+    ``rows`` need ``slices``, ``time_s``, ``max_mb`` and ``area_mb_s``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted((r for r in rows if r.get("time_s") is not None), key=lambda r: r["slices"])
+    z = [r["slices"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    known = [(s, a) for s, a in zip(paper.SLICES, paper.AREA_MB_S) if a is not None]
+    panels = [
+        ("running time (s)", "time_s", paper.SLICES, paper.RUNNING_TIME_S,
+         paper.BUDGET_S, "challenge limit 45 s"),
+        ("peak memory (MB)", "max_mb", paper.SLICES, paper.MAX_GPU_MB,
+         paper.BUDGET_GPU_MB, "challenge limit 4 GB (GPU)"),
+        ("memory-time area (MB*s)", "area_mb_s", [k[0] for k in known], [k[1] for k in known],
+         None, None),
+    ]
+    for ax, (ylabel, key, pz, pv, limit, limit_label) in zip(axes, panels):
+        # Known points only: no line through the areas the text does not give.
+        style = "s--" if key != "area_mb_s" else "s"
+        ax.plot(pz, pv, style, color="tab:gray", label=f"paper (GPU, {paper.GPU})")
+        ax.plot(z, [r.get(key) for r in rows], "o-", color="tab:blue",
+                label=f"{ours_label}" + ("" if key == "time_s" else f"\n({memory_label})"))
+        if limit is not None:
+            ax.axhline(limit, color="tab:red", lw=0.8, ls=":", label=limit_label)
+        ax.set_xlabel("slices Z (512x512xZ)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

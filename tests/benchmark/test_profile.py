@@ -1,0 +1,62 @@
+"""Profile and stage runs end to end: one fresh predict.sh process per case."""
+
+import csv
+
+from benchmark import profile, stages
+from benchmark.memory import nvml_available
+
+
+def test_profile_one_tiny_case_end_to_end(tiny_case_dir, tiny_weights, tmp_path):
+    out = tmp_path / "results"
+    code = profile.main(["-i", str(tiny_case_dir), "-o", str(out), "--weights",
+                         str(tiny_weights), "--backend", "onnx", "--sizes", "12",
+                         "--no-warmup", "--tag", "test"])
+    assert code == 0
+    csv_path, = out.glob("profile_*_test.csv")
+    with open(csv_path, newline="") as f:
+        row, = list(csv.DictReader(f))
+    assert row["case"] == "bench" and row["size"] == "96x80x12" and row["slices"] == "12"
+    assert row["exit_code"] == "0" and row["output_ok"] == "True"
+    assert row["backend"] == "onnx" and row["device"] == "cpu"
+    assert float(row["time_s"]) > 0 and int(row["samples"]) >= 1
+    assert float(row["max_mb"]) > 0 and float(row["area_mb_s"]) > 0
+    stages_sum = sum(float(row[f"{s}_s"]) for s in profile.STAGES)
+    assert 0 < stages_sum < float(row["time_s"])
+    assert float(row["other_s"]) > 0  # the interpreter and imports are never free
+    md = csv_path.with_suffix(".md").read_text()
+    assert "| bench | 96x80x12 | 12 |" in md
+    assert "untrained" in md and "## The paper's Table 4" in md
+    if not nvml_available():
+        assert row["memory"] == "rss" and "not comparable with the paper's GPU memory" in md
+    assert csv_path.with_suffix(".png").stat().st_size > 0
+    assert "/tmp/" not in md  # no absolute paths of this machine in results
+
+
+def test_profile_exits_2_without_inputs(tmp_path):
+    assert profile.main(["-i", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
+    assert profile.main(["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "r")]) == 2
+
+
+def test_profile_records_a_failed_run(tiny_case_dir, tmp_path):
+    broken = tmp_path / "weights"
+    broken.mkdir()
+    code = profile.main(["-i", str(tiny_case_dir), "-o", str(tmp_path / "r"), "--weights",
+                         str(broken), "--no-warmup", "--tag", "broken"])
+    assert code == 1
+    with open(next((tmp_path / "r").glob("*.csv")), newline="") as f:
+        row, = list(csv.DictReader(f))
+    assert row["exit_code"] == "2" and row["output_ok"] == "False" and row["error"]
+
+
+def test_stage_breakdown_adds_up_to_the_wall_clock(tiny_case_dir, tiny_weights, tmp_path):
+    code = stages.main(["-i", str(tiny_case_dir / "bench_0000.nii.gz"), "-o", str(tmp_path),
+                        "--weights", str(tiny_weights), "--backend", "onnx", "--no-warmup",
+                        "--tag", "t"])
+    assert code == 0
+    import json
+
+    data = json.loads(next(tmp_path.glob("stages_*_t.json")).read_text())
+    parts = data["breakdown"][:-1]
+    total = data["breakdown"][-1]["seconds"]
+    assert abs(sum(p["seconds"] for p in parts) - total) < 1e-6
+    assert all(p["seconds"] >= 0 for p in parts)

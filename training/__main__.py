@@ -1,0 +1,163 @@
+"""``python -m training <stage>``: plan, preprocess, train, export, thresholds, pseudolabel, demo.
+
+Each stage's user errors end as one line and exit code 2 (nothing could be done) or 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+log = logging.getLogger("training")
+
+
+def _common(p):
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--disable-progress-bar", action="store_true")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m training",
+                                   description="Train the nnSAM lesion network for the container.")
+    sub = root.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("plan", help="dataset fingerprint -> plans.json")
+    p.add_argument("-d", "--dataset", required=True, metavar="DATASET")
+    p.add_argument("-o", "--output", required=True, metavar="PLANS.json")
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="mm (default: in-plane 2x the median, slices max(median, 3))")
+    p.add_argument("--preset", default="fast", help="network preset (default fast)")
+    p.add_argument("--patch", type=int, nargs=2, default=(192, 192), metavar=("Y", "X"))
+    p.add_argument("--batch-size", type=int, default=4)
+    _common(p)
+
+    p = sub.add_parser("preprocess", help="dataset -> memory-mappable training cache")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-p", "--plans", required=True)
+    p.add_argument("-o", "--output", required=True, metavar="CACHE")
+    p.add_argument("--workers", type=int, default=1)
+    _common(p)
+
+    p = sub.add_parser("train", help="train on the cache (torchrun for many GPUs)")
+    p.add_argument("-p", "--plans", required=True)
+    p.add_argument("-c", "--cache", required=True)
+    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--iterations-per-epoch", dest="iterations", type=int, default=250)
+    p.add_argument("--batch-size", type=int, help="default: the plan's")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=3e-5)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--val-fraction", type=float, default=0.2)
+    group.add_argument("--val-cases", nargs="+", metavar="CASE")
+    p.add_argument("--val-every", type=int, default=1, metavar="EPOCHS")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--partial-mode", choices=("ignore", "plain"), default="ignore",
+                   help="partially labelled cases: ignore far lesion-like background "
+                        "(default) or the paper's plain loss")
+    p.add_argument("--partial-margin", type=int, default=8, metavar="VOXELS")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--oversample", type=float, default=1 / 3,
+                   help="fraction of samples centred on a lesion (default 1/3)")
+    p.add_argument("--anneal-epochs", type=int, default=10,
+                   help="epochs of the 30 -> 1 temperature annealing (default 10)")
+    p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--time-limit-min", type=float, default=0,
+                   help="stop after the epoch that passes this many minutes (0: none)")
+    _common(p)
+
+    p = sub.add_parser("export", help="run -> weights folder (+ torch/onnx parity check)")
+    p.add_argument("-r", "--run", required=True, metavar="RUN_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="WEIGHTS_DIR")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--onnx-batch", type=int, default=8)
+    _common(p)
+
+    p = sub.add_parser("thresholds", help="grid-search post-processing on validation cases")
+    p.add_argument("-w", "--weights", required=True, metavar="WEIGHTS_DIR")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("--cases", nargs="+", help="case ids (default: --run's validation split)")
+    p.add_argument("-r", "--run", metavar="RUN_DIR", help="take the validation split from here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--volumes", type=float, nargs="+", metavar="MM3")
+    p.add_argument("--confidences", type=float, nargs="+")
+    p.add_argument("--dry-run", action="store_true", help="print the table, keep the plan")
+    _common(p)
+
+    p = sub.add_parser("pseudolabel", help="confident pseudo-labels for unlabelled scans")
+    p.add_argument("-w", "--weights", required=True)
+    p.add_argument("-i", "--input", required=True, metavar="IMAGES_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DATASET")
+    p.add_argument("--min-confidence", type=float, default=0.9)
+    p.add_argument("--healthy-max-probability", type=float, default=0.3)
+    p.add_argument("--device", default="cpu")
+    _common(p)
+
+    p = sub.add_parser("demo", help="phantoms -> plan -> preprocess -> train -> export -> "
+                                    "thresholds -> evaluation, on this machine")
+    p.add_argument("-o", "--output", default="demo/training", metavar="WORK_DIR")
+    p.add_argument("--weights", default="weights", metavar="WEIGHTS_DIR")
+    p.add_argument("--minutes", type=float, default=30.0, help="training time budget")
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
+    _common(p)
+    return root
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from inference.model import ModelConfigError
+    from inference.nifti import InputError
+    from inference.plans import PlanError
+    from inference.weights import WeightsError
+    from training.dataset import DatasetError
+    from training.trainer import TrainingError
+
+    start = time.perf_counter()
+    progress = not (args.disable_progress_bar or args.quiet)
+    try:
+        if args.stage == "plan":
+            from training.planning import run_plan
+
+            run_plan(args.dataset, args.output, args.target_spacing, args.preset,
+                     tuple(args.patch), args.batch_size, progress)
+        elif args.stage == "preprocess":
+            from training.preprocessing import run_preprocess
+
+            run_preprocess(args.dataset, args.plans, args.output, args.workers, progress)
+        elif args.stage == "train":
+            from training.trainer import train
+
+            train(args)
+        elif args.stage == "export":
+            from training.export import run_export
+
+            run_export(args.run, args.output, args.checkpoint, args.onnx_batch)
+        elif args.stage == "thresholds":
+            from training.thresholds import run_thresholds
+
+            run_thresholds(args)
+        elif args.stage == "pseudolabel":
+            from training.pseudolabel import run_pseudolabel
+
+            run_pseudolabel(args)
+        elif args.stage == "demo":
+            from training.demo import run_demo
+
+            run_demo(args)
+    except (DatasetError, PlanError, InputError, WeightsError, ModelConfigError,
+            TrainingError) as error:
+        log.error("%s", error)
+        return 2
+    log.info("%s done in %.1f s", args.stage, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

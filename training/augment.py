@@ -1,0 +1,128 @@
+"""Data augmentation on the whole batch, in torch (on the training device).
+
+Spatial (one affine resampling per sample, image and label through the same grid):
+rotation, scaling and mirroring; the window the sampler cut is larger than the patch,
+so the patch is read from its centre. Intensity: multiplicative brightness, contrast,
+gamma (statistics kept) and Gaussian noise. Probabilities and ranges follow nnU-Net's
+2D defaults; every draw is per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    p_rotation: float = 0.2
+    rotation_deg: float = 180.0
+    p_scale: float = 0.2
+    scale: tuple[float, float] = (0.7, 1.4)
+    p_mirror: float = 0.5
+    p_brightness: float = 0.15
+    brightness: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    contrast: tuple[float, float] = (0.75, 1.25)
+    p_gamma: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_noise: float = 0.1
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+
+
+NO_AUGMENT = AugmentConfig(0, 0, 0, (1, 1), 0, 0, (1, 1), 0, (1, 1), 0, (1, 1), 0, (0, 0))
+
+
+def _uniform(n, low, high, generator, device):
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def _chance(n, p, generator, device):
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def spatial(image, label, patch, config: AugmentConfig, pad_value: float = 0.0,
+            generator: torch.Generator | None = None):
+    """Rotate, scale and mirror (B, C, Wy, Wx) images and (B, Wy, Wx) labels into ``patch``.
+
+    Returns (B, C, py, px) and (B, py, px); without any transform drawn this is an
+    exact centre crop.
+    """
+    b, _, wy, wx = image.shape
+    py, px = patch
+    dev = image.device
+    angle = torch.where(_chance(b, config.p_rotation, generator, dev),
+                        _uniform(b, -1, 1, generator, dev) * math.radians(config.rotation_deg),
+                        torch.zeros(b, device=dev))
+    scale = torch.where(_chance(b, config.p_scale, generator, dev),
+                        _uniform(b, *config.scale, generator, dev), torch.ones(b, device=dev))
+    flip_x = torch.where(_chance(b, config.p_mirror, generator, dev), -1.0, 1.0)
+    flip_y = torch.where(_chance(b, config.p_mirror, generator, dev), -1.0, 1.0)
+    transformed = (angle != 0) | (scale != 1) | (flip_x < 0) | (flip_y < 0)
+    oy, ox = (wy - py) // 2, (wx - px) // 2
+    out_image = image[:, :, oy:oy + py, ox:ox + px].clone()
+    out_label = label[:, oy:oy + py, ox:ox + px].clone()
+    idx = transformed.nonzero().flatten()
+    if idx.numel() == 0:
+        return out_image, out_label
+    cos, sin = torch.cos(angle[idx]), torch.sin(angle[idx])
+    s = scale[idx]
+    # pixel-space map from output offsets to input offsets, then normalised coordinates
+    a = torch.stack([torch.stack([cos * s * flip_x[idx], -sin * s * flip_y[idx]], -1),
+                     torch.stack([sin * s * flip_x[idx], cos * s * flip_y[idx]], -1)], -2)
+    to_norm = torch.tensor([[2 / wx, 0], [0, 2 / wy]], device=dev)
+    from_norm = torch.tensor([[px / 2, 0], [0, py / 2]], device=dev)
+    theta = torch.zeros(len(idx), 2, 3, device=dev)
+    theta[:, :, :2] = to_norm @ a @ from_norm
+    grid = F.affine_grid(theta, (len(idx), 1, py, px), align_corners=False)
+    moved = F.grid_sample(image[idx].float() - pad_value, grid, mode="bilinear",
+                          padding_mode="zeros", align_corners=False) + pad_value
+    moved_label = F.grid_sample(label[idx, None].float(), grid, mode="bilinear",
+                                padding_mode="zeros", align_corners=False)[:, 0] >= 0.5
+    out_image[idx] = moved.to(out_image.dtype)
+    out_label[idx] = moved_label.to(out_label.dtype)
+    return out_image, out_label
+
+
+def intensity(image, config: AugmentConfig, generator: torch.Generator | None = None):
+    """Brightness, contrast, gamma and noise, each drawn per sample; returns a new tensor."""
+    x = image.float().clone()
+    b = x.shape[0]
+    dev = x.device
+    view = (b, 1, 1, 1)
+    pick = _chance(b, config.p_brightness, generator, dev)
+    factor = torch.where(pick, _uniform(b, *config.brightness, generator, dev), 1.0)
+    x = x * factor.view(view)
+    pick = _chance(b, config.p_contrast, generator, dev)
+    if pick.any():
+        factor = torch.where(pick, _uniform(b, *config.contrast, generator, dev), 1.0).view(view)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        high = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = torch.maximum(torch.minimum((x - mean) * factor + mean, high), low)
+    pick = _chance(b, config.p_gamma, generator, dev)
+    if pick.any():
+        g = _uniform(b, *config.gamma, generator, dev).view(view)
+        mean, std = x.mean(dim=(1, 2, 3), keepdim=True), x.std(dim=(1, 2, 3), keepdim=True)
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        span = (x.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-6)
+        y = ((x - low) / span).clamp(0, 1) ** g * span + low
+        y = (y - y.mean(dim=(1, 2, 3), keepdim=True)) / \
+            y.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * std + mean
+        x = torch.where(pick.view(view), y, x)
+    pick = _chance(b, config.p_noise, generator, dev)
+    if pick.any():
+        sd = _uniform(b, *config.noise_variance, generator, dev).sqrt()
+        noise = torch.randn(x.shape, generator=generator, device=dev) * (sd * pick).view(view)
+        x = x + noise
+    return x
+
+
+def augment(image, label, patch, config: AugmentConfig, pad_value: float = 0.0,
+            generator: torch.Generator | None = None):
+    """Spatial then intensity augmentation of one batch."""
+    image, label = spatial(image, label, patch, config, pad_value, generator)
+    return intensity(image, config, generator), label

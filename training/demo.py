@@ -1,0 +1,117 @@
+"""The demo weights from scratch on this machine (``python -m training demo``).
+
+phantoms (train, seed 0) -> plan -> preprocess -> train (time-boxed) -> export into the
+weights folder -> thresholds on the run's validation split -> held-out phantoms (seed
+1000) predicted by ``predict.sh``'s own CLI (``python -m inference``) and scored with
+``python -m benchmark.evaluate``. Each stage is the public CLI in a subprocess, so the
+log shows the exact commands; a stage whose output exists is skipped (rerun to resume;
+delete WORK_DIR to start over). The summary lands in WORK_DIR/summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Realistic 512x512 slices with a modest number of them; spacing drawn per case
+# (0.6-1.0 mm in plane, 1-5 mm slices) so the model meets the variety it will see.
+FULL = dict(train_cases=40, test_cases=16, shape=(512, 512, 48), preset="tiny",
+            patch=(96, 96), batch=8, spacing=(2.0, 2.0, 3.0), epochs=24, iterations=75,
+            anneal=4, val_every=4, val_fraction=0.1)
+QUICK = dict(train_cases=5, test_cases=3, shape=(128, 128, 16), preset="tiny",
+             patch=(64, 64), batch=2, spacing=(2.0, 2.0, 3.0), epochs=1, iterations=2,
+             anneal=1, val_every=1, val_fraction=0.2)
+
+
+def _run(args: list[str], log_file: Path | None = None) -> str:
+    command = [sys.executable, *args]
+    log.info("$ python %s", shlex.join(args))
+    t = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if log_file is not None:
+        with open(log_file, "a") as f:
+            f.write(f"$ python {shlex.join(args)}\n{done.stdout}{done.stderr}\n")
+    if done.returncode != 0:
+        raise RuntimeError(f"`python {shlex.join(args)}` failed ({done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
+    log.info("  %.1f s", time.perf_counter() - t)
+    return done.stdout
+
+
+def run_demo(args) -> dict:
+    cfg = QUICK if args.quick else FULL
+    work, weights = Path(args.output), Path(args.weights)
+    work.mkdir(parents=True, exist_ok=True)
+    logs = work / "commands.log"
+    shape = [str(v) for v in cfg["shape"]]
+    quiet = ["--quiet", "--disable-progress-bar"]
+    timings = {}
+    t = time.perf_counter()
+    for name, n, seed in (("data", cfg["train_cases"], 0), ("test", cfg["test_cases"], 1000)):
+        if not (work / name / "dataset.json").is_file():
+            _run(["-m", "training.phantoms", "-o", str(work / name), "-n", str(n),
+                  "--shape", *shape, "--seed", str(seed), *quiet], logs)
+    timings["phantoms_s"] = time.perf_counter() - t
+    plans, cache, run = work / "plans.json", work / "cache", work / "run"
+    t = time.perf_counter()
+    if not plans.is_file():
+        _run(["-m", "training", "plan", "-d", str(work / "data"), "-o", str(plans),
+              "--preset", cfg["preset"], "--patch", *map(str, cfg["patch"]),
+              "--batch-size", str(cfg["batch"]),
+              "--target-spacing", *map(str, cfg["spacing"]), *quiet], logs)
+    _run(["-m", "training", "preprocess", "-d", str(work / "data"), "-p", str(plans),
+          "-o", str(cache), "--workers", "2", *quiet], logs)
+    timings["plan_preprocess_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _run(["-m", "training", "train", "-p", str(plans), "-c", str(cache), "-o", str(run),
+          "--epochs", str(cfg["epochs"]), "--iterations-per-epoch", str(cfg["iterations"]),
+          "--anneal-epochs", str(cfg["anneal"]), "--val-every", str(cfg["val_every"]),
+          "--val-fraction", str(cfg["val_fraction"]), "--device", "cpu", "--resume",
+          "--time-limit-min", str(args.minutes), *quiet], logs)
+    timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _run(["-m", "training", "export", "-r", str(run), "-o", str(weights), *quiet], logs)
+    table = _run(["-m", "training", "thresholds", "-w", str(weights), "-d",
+                  str(work / "data"), "-r", str(run), *quiet], logs)
+    timings["export_thresholds_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    predictions = work / "test_predictions"
+    _run(["-m", "inference", "-i", str(work / "test" / "imagesTr"), "-o", str(predictions),
+          "--weights", str(weights), "--device", "cpu", *quiet], logs)
+    scores = work / "test_scores.csv"
+    _run(["-m", "benchmark.evaluate", "--pred", str(predictions), "--gt",
+          str(work / "test" / "labelsTr"), "--csv", str(scores)], logs)
+    timings["test_predict_evaluate_s"] = time.perf_counter() - t
+    summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+               "timings": timings, "test": summarise_scores(scores, work / "test"),
+               "thresholds_table": table}
+    (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log.info("held-out phantoms: %s", json.dumps(summary["test"]))
+    return summary
+
+
+def summarise_scores(scores_csv: Path, dataset: Path) -> dict:
+    """Mean DSC/NSD on lesion-bearing cases and the share of healthy cases predicted empty."""
+    meta = json.loads((dataset / "dataset.json").read_text())
+    lesion_free = {e["id"] for e in meta["training"] if e["n_lesions"] == 0}
+    with open(scores_csv) as f:
+        rows = list(csv.DictReader(f))
+    lesion = [r for r in rows if r["case"] not in lesion_free]
+    healthy = [r for r in rows if r["case"] in lesion_free]
+    mean = lambda rs, k: sum(float(r[k]) for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+    return {
+        "n_cases": len(rows), "n_lesion_cases": len(lesion), "n_healthy": len(healthy),
+        "lesion_dsc": mean(lesion, "dsc"), "lesion_nsd": mean(lesion, "nsd"),
+        # a healthy case scores 1/1 exactly when the prediction is empty
+        "healthy_empty_fraction": (sum(float(r["dsc"]) == 1.0 for r in healthy) / len(healthy)
+                                   if healthy else float("nan")),
+        "all_dsc": mean(rows, "dsc"), "all_nsd": mean(rows, "nsd"),
+    }

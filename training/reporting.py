@@ -1,0 +1,65 @@
+"""What a training run leaves for people: a log file, a CSV of metrics per epoch, a PNG."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+
+COLUMNS = ("epoch", "train_loss", "val_dsc", "val_nsd", "val_score", "lr", "temperature",
+           "seconds", "foreground_fraction")
+
+
+def add_log_file(path: Path) -> logging.Handler:
+    """Log INFO and above to ``path`` whatever the console shows (--quiet keeps it quiet)."""
+    root = logging.getLogger()
+    for existing in root.handlers:
+        if existing.level == logging.NOTSET:
+            existing.setLevel(root.level)
+    root.setLevel(min(root.level, logging.INFO))
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return handler
+
+
+def write_csv(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    os.replace(tmp, path)
+
+
+def plot_curves(path: Path, history: list[dict]) -> None:
+    """Training loss and validation DSC/NSD against the epoch (matplotlib, Agg)."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("Dice + CE")
+    ax1.legend()
+    for key in ("val_dsc", "val_nsd", "val_score"):
+        values = [r.get(key, math.nan) for r in history]
+        if any(isinstance(v, float) and not math.isnan(v) for v in values):
+            ax2.plot(epochs, values, label=key.replace("val_", "validation "))
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,128 @@
+"""2.5D training samples from the cache, with foreground oversampling.
+
+A sample is ``context`` neighbouring slices (edges replicated, as the sliding window
+does) cut to an in-plane window, plus the centre slice's label. About
+``oversample`` of the samples (one third by default, as nnU-Net) are centred on a
+labelled lesion voxel with a random offset that keeps the voxel inside the patch;
+the rest are drawn uniformly over the volume. Windows are cut larger than the patch
+(``extent``) so rotation and scaling in ``training.augment`` never pull in padding.
+
+Seeds are a function of (seed, rank, epoch, worker), so a resumed run draws the same
+samples as an uninterrupted one and each DDP rank draws its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from training.preprocessing import load_case
+
+OVERSAMPLE = 1 / 3
+EXTENT = 1.5  # window side / patch side: room for rotation (sqrt 2) and some zoom-out
+
+
+@dataclass
+class CachedCase:
+    case: str
+    image: np.ndarray  # (z, y, x) float16, memory-mapped
+    label: np.ndarray  # (z, y, x) uint8
+    coords: np.ndarray  # (n, 3) lesion voxel sample
+    partial: bool
+    spacing_zyx: tuple
+
+
+def load_cases(cache, cases: list[str]) -> list[CachedCase]:
+    out = []
+    for case in cases:
+        image, label, meta = load_case(cache, case)
+        coords = np.asarray(meta["lesion_coords"], np.int64).reshape(-1, 3)
+        out.append(CachedCase(case, image, label, coords, bool(meta.get("partial")),
+                              tuple(meta["spacing_zyx"])))
+    return out
+
+
+def window_size(patch, extent: float = EXTENT) -> tuple[int, int]:
+    """Window side per axis: patch plus an even margin, so the patch sits exactly centred."""
+    return tuple(p + 2 * int(math.ceil(p * (extent - 1) / 2)) for p in patch)
+
+
+def cut(case: CachedCase, z: int, cy: int, cx: int, window, context: int, pad_value: float):
+    """(context, wy, wx) image and (wy, wx) label centred on (z, cy, cx), padded outside."""
+    nz, ny, nx = case.image.shape
+    wy, wx = window
+    y0, x0 = cy - wy // 2, cx - wx // 2
+    half = context // 2
+    zs = np.clip(np.arange(z - half, z + half + 1), 0, nz - 1)
+    image = np.full((context, wy, wx), pad_value, np.float32)
+    label = np.zeros((wy, wx), np.uint8)
+    sy0, sy1 = max(y0, 0), min(y0 + wy, ny)
+    sx0, sx1 = max(x0, 0), min(x0 + wx, nx)
+    if sy1 > sy0 and sx1 > sx0:
+        dst = (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
+        image[(slice(None), *dst)] = case.image[zs, sy0:sy1, sx0:sx1]
+        label[dst] = case.label[z, sy0:sy1, sx0:sx1]
+    return image, label
+
+
+class PatchSampler:
+    """Draws samples from cached cases; ``sample(rng)`` -> (image, label, partial, foreground)."""
+
+    def __init__(self, cases: list[CachedCase], patch, context: int = 3,
+                 oversample: float = OVERSAMPLE, pad_value: float = 0.0,
+                 extent: float = EXTENT):
+        if not cases:
+            raise ValueError("no training cases")
+        self.cases, self.patch, self.context = cases, tuple(patch), context
+        self.oversample, self.pad_value = oversample, pad_value
+        self.window = window_size(patch, extent)
+        self.with_lesions = [c for c in cases if len(c.coords)]
+
+    def sample(self, rng: np.random.Generator):
+        foreground = bool(self.with_lesions) and rng.random() < self.oversample
+        if foreground:
+            case = self.with_lesions[rng.integers(len(self.with_lesions))]
+            z, y, x = case.coords[rng.integers(len(case.coords))]
+            # the lesion voxel lands anywhere in the central patch, not always at its centre
+            cy = y + int(rng.integers(-(self.patch[0] // 2) + 1, self.patch[0] // 2))
+            cx = x + int(rng.integers(-(self.patch[1] // 2) + 1, self.patch[1] // 2))
+        else:
+            case = self.cases[rng.integers(len(self.cases))]
+            nz, ny, nx = case.image.shape
+            z = int(rng.integers(nz))
+            cy = int(rng.integers(min(self.patch[0] // 2, ny // 2), max(ny - self.patch[0] // 2,
+                                                                        ny // 2 + 1)))
+            cx = int(rng.integers(min(self.patch[1] // 2, nx // 2), max(nx - self.patch[1] // 2,
+                                                                        nx // 2 + 1)))
+        image, label = cut(case, int(z), int(cy), int(cx), self.window, self.context,
+                           self.pad_value)
+        return image, label, case.partial, foreground
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> dict:
+        items = [self.sample(rng) for _ in range(batch_size)]
+        return {
+            "image": torch.from_numpy(np.stack([i[0] for i in items])),
+            "label": torch.from_numpy(np.stack([i[1] for i in items])),
+            "partial": torch.tensor([i[2] for i in items]),
+            "foreground": torch.tensor([i[3] for i in items]),
+        }
+
+
+class BatchStream(IterableDataset):
+    """``iterations`` batches for one epoch; DataLoader workers split them between them."""
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, iterations: int, seed: int,
+                 rank: int, epoch: int):
+        self.sampler, self.batch_size, self.iterations = sampler, batch_size, iterations
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch, worker])
+        for _ in range(worker, self.iterations, workers):
+            yield self.sampler.batch(rng, self.batch_size)

@@ -1,0 +1,159 @@
+"""Post-processing thresholds chosen on validation cases (``python -m training thresholds``).
+
+Each validation case is read from its raw NIfTI file and predicted once with the
+inference package's own ``Predictor`` (its backend, plan, preprocessing and sliding
+window: the container's code) with post-processing disabled, keeping the lesion
+probability at network resolution. Then every (min component volume, min component
+confidence) pair is applied exactly as the container does (components at network
+resolution, restored onto the input grid) and scored against the label with the FLARE
+rules (``benchmark.metrics.score_case``; lesion-free cases score 1/1 only when empty).
+The pair with the best mean of DSC and NSD is written into the weights' plans.json
+(and SHA256SUMS); ties go to the middle of the tied pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from benchmark.metrics import score_case
+from inference.postprocess import remove_components
+from inference.preprocess import pad_value, preprocess, restore
+from inference.sliding_window import sliding_window
+from inference.weights import PLANS, SUMS, load_plan, read_sums, sha256
+from training.dataset import CaseError, list_dataset, read_case
+from training.trainer import SPLIT, TrainingError
+
+log = logging.getLogger(__name__)
+
+VOLUMES_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0)
+CONFIDENCES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class CasePrediction:
+    case: str
+    probability: np.ndarray  # lesion probability at network resolution
+    spacing_zyx: tuple  # network-resolution spacing
+    to_input: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (prob, kept) -> input-grid mask
+    label: np.ndarray  # on the input grid
+    label_spacing_zyx: tuple
+
+
+def decide(pred: CasePrediction, threshold: float, min_volume: float, min_confidence: float):
+    kept = remove_components(pred.probability > threshold, pred.spacing_zyx, min_volume,
+                             min_confidence, pred.probability)
+    return pred.to_input(pred.probability, kept)
+
+
+def grid_search(predictions: list[CasePrediction], threshold: float = 0.5,
+                volumes=VOLUMES_MM3, confidences=CONFIDENCES) -> tuple[list[dict], dict]:
+    """Score every (volume, confidence) pair; returns (table rows, best row)."""
+    rows = []
+    for volume in volumes:
+        for confidence in confidences:
+            scores = [score_case(decide(p, threshold, volume, confidence), p.label,
+                                 p.label_spacing_zyx) for p in predictions]
+            dsc = float(np.mean([s[0] for s in scores]))
+            nsd = float(np.mean([s[1] for s in scores]))
+            rows.append({"min_volume_mm3": float(volume), "min_confidence": float(confidence),
+                         "dsc": dsc, "nsd": nsd, "score": (dsc + nsd) / 2})
+    top = max(r["score"] for r in rows)
+    tied = [r for r in rows if r["score"] >= top - 1e-9]
+    return rows, tied[len(tied) // 2]
+
+
+def predict_case(predictor, entry) -> CasePrediction:
+    """Network-resolution probability of one raw case with the container's code."""
+    volume, label = read_case(entry)
+    plan = predictor.plan
+    prepared = preprocess(volume.array, volume.spacing, volume.direction, plan,
+                          predictor.backend.prepare)
+    if prepared.box is None:
+        probability = np.zeros((1, 1, 1), np.float32)
+        return CasePrediction(entry.case, probability, (1.0, 1.0, 1.0),
+                              lambda p, k: np.zeros(label.shape, np.uint8), label,
+                              volume.spacing_zyx)
+    probability = sliding_window(
+        prepared.volume, predictor.backend, plan.patch_size, plan.tile_step,
+        plan.context_slices, predictor.batch_size, prepared.body, pad_value=pad_value(plan),
+        oom_errors=predictor.backend.oom_errors)
+    probability = probability if isinstance(probability, np.ndarray) else \
+        probability.cpu().numpy()
+    prepared.volume = None
+    return CasePrediction(entry.case, probability, prepared.spacing_zyx,
+                          lambda p, k: restore(p, k, prepared, plan.postprocessing.threshold),
+                          label, volume.spacing_zyx)
+
+
+def validation_cases(args) -> list[str]:
+    if args.cases:
+        return list(args.cases)
+    if not args.run:
+        raise TrainingError("give --cases or -r RUN_DIR (its validation split is used)")
+    path = Path(args.run) / SPLIT
+    if not path.is_file():
+        raise TrainingError(f"{path}: missing; was {args.run} made by `python -m training train`?")
+    cases = json.loads(path.read_text())["validation"]
+    if not cases:
+        raise TrainingError(f"{path}: the run has no validation cases; give --cases")
+    return cases
+
+
+def write_postprocessing(weights_dir: Path, min_volume: float, min_confidence: float) -> None:
+    """Update plans.json's post-processing and its line in SHA256SUMS."""
+    plan = load_plan(weights_dir)
+    plan.postprocessing.min_volume_mm3 = float(min_volume)
+    plan.postprocessing.min_confidence = float(min_confidence)
+    plan.save(weights_dir / PLANS)
+    sums = read_sums(weights_dir)
+    sums[PLANS] = sha256(weights_dir / PLANS)
+    tmp = weights_dir / f".{SUMS}.tmp"
+    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    tmp.replace(weights_dir / SUMS)
+
+
+def run_thresholds(args) -> dict:
+    from tqdm import tqdm
+
+    from inference.predictor import Predictor
+
+    weights_dir = Path(args.weights)
+    wanted = validation_cases(args)
+    entries = {e.case: e for e in list_dataset(args.dataset)}
+    missing = [c for c in wanted if c not in entries]
+    if missing:
+        raise TrainingError(f"{args.dataset}: no labelled case {missing[0]}")
+    plan = copy.deepcopy(load_plan(weights_dir))
+    plan.postprocessing.min_volume_mm3 = 0.0
+    plan.postprocessing.min_confidence = 0.0
+    predictor = Predictor(weights_dir, device=args.device, plan=plan)
+    predictions = []
+    for case in tqdm(wanted, desc="predict", unit="case", disable=args.disable_progress_bar
+                     or args.quiet):
+        try:
+            predictions.append(predict_case(predictor, entries[case]))
+        except CaseError as error:
+            log.warning("%s; case left out", error)
+    if not predictions:
+        raise TrainingError("no validation case could be predicted")
+    rows, best = grid_search(predictions, plan.postprocessing.threshold,
+                             args.volumes or VOLUMES_MM3, args.confidences or CONFIDENCES)
+    print(f"{'min volume mm3':>14} {'min confidence':>14} {'DSC':>7} {'NSD':>7} {'score':>7}")
+    for r in rows:
+        mark = "  <- chosen" if r is best else ""
+        print(f"{r['min_volume_mm3']:>14g} {r['min_confidence']:>14g} {r['dsc']:>7.4f} "
+              f"{r['nsd']:>7.4f} {r['score']:>7.4f}{mark}")
+    print(f"{len(predictions)} validation cases; chosen: min_volume_mm3 "
+          f"{best['min_volume_mm3']:g}, min_confidence {best['min_confidence']:g} "
+          f"(DSC {best['dsc']:.4f}, NSD {best['nsd']:.4f})")
+    if not args.dry_run:
+        write_postprocessing(weights_dir, best["min_volume_mm3"], best["min_confidence"])
+        log.info("wrote the thresholds into %s", weights_dir / PLANS)
+    return best

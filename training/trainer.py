@@ -1,0 +1,252 @@
+"""Training (``python -m training train``; many GPUs: ``torchrun --nproc_per_node=N -m training train``).
+
+Per epoch: ``iterations`` batches of 2.5D samples per process (foreground
+oversampling, ``training.sampling``), augmented on the device (``training.augment``),
+Dice + CE with deep supervision (``training.loss``), Adam + cosine annealing per epoch,
+dynamic-convolution temperature annealed linearly 30 -> 1 over the first
+``anneal_epochs`` (per iteration), AMP on CUDA. Then rank 0 scores the validation split
+(``training.validation``), writes ``checkpoint_last.pt`` atomically (and
+``checkpoint_best.pt`` on a better validation score), ``metrics.csv``, ``curves.png``.
+A killed run resumed with ``--resume`` starts at the epoch after the last checkpoint.
+
+DDP: gloo on the CPU, nccl on CUDA; each rank samples with its own seed; gradients are
+averaged by DistributedDataParallel, so every rank holds the same weights; only rank 0
+validates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from inference.model import build_model
+from inference.plans import Plan
+from inference.preprocess import pad_value
+from training.augment import AugmentConfig, augment
+from training.loss import DeepSupervisionLoss
+from training.preprocessing import cached_cases
+from training.reporting import add_log_file, plot_curves, write_csv
+from training.sampling import BatchStream, PatchSampler, load_cases
+from training.validation import validate
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, SPLIT = "checkpoint_last.pt", "checkpoint_best.pt", "split.json"
+T_START, T_END = 30.0, 1.0
+
+
+class TrainingError(RuntimeError):
+    """A user-caused problem with a training run (one line)."""
+
+
+def temperature(step: int, anneal_steps: int) -> float:
+    """Dynamic-convolution softmax temperature: linear 30 -> 1 over ``anneal_steps``, then 1."""
+    if anneal_steps <= 0 or step >= anneal_steps:
+        return T_END
+    return T_START + (T_END - T_START) * step / anneal_steps
+
+
+def split_cases(cases: list[str], val_fraction: float, val_cases=None, seed: int = 0):
+    """(train, validation) case ids: ``val_cases`` if given, else a seeded random fraction."""
+    if val_cases:
+        unknown = sorted(set(val_cases) - set(cases))
+        if unknown:
+            raise TrainingError(f"--val-cases: {unknown[0]} is not in the cache")
+        val = sorted(val_cases)
+    else:
+        n_val = int(round(len(cases) * val_fraction))
+        if val_fraction > 0 and len(cases) > 1:
+            n_val = min(max(n_val, 1), len(cases) - 1)
+        val = sorted(random.Random(seed).sample(cases, n_val))
+    train = [c for c in cases if c not in val]
+    if not train:
+        raise TrainingError("no training case left after the validation split")
+    return train, val
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _setup_distributed(device_arg: str):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_arg == "auto":
+        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_arg.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no GPU is visible to torch")
+    if device_arg == "cuda" and world > 1:
+        device_arg = f"cuda:{local}"
+    device = torch.device(device_arg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def build_network(plan: Plan):
+    return build_model(plan.preset, patch_size=tuple(plan.patch_size),
+                       in_channels=plan.context_slices)
+
+
+def train(args) -> dict:
+    """Run (or resume) training as described by the parsed CLI ``args``; returns the history."""
+    device, rank, world = _setup_distributed(args.device)
+    main = rank == 0
+    run_dir = Path(args.output)
+    plan = Plan.load(args.plans)
+    batch_size = args.batch_size or plan.batch_size
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = add_log_file(run_dir / "train.log")
+    torch.manual_seed(args.seed + rank)
+    cases = cached_cases(args.cache)
+    split_path = run_dir / SPLIT
+    if args.resume and split_path.is_file():
+        split = json.loads(split_path.read_text())
+        train_ids, val_ids = split["train"], split["validation"]
+    else:
+        train_ids, val_ids = split_cases(cases, args.val_fraction, args.val_cases, args.seed)
+    if main:
+        plan.save(run_dir / "plans.json")
+        split_path.write_text(json.dumps({"train": train_ids, "validation": val_ids,
+                                          "cache": str(args.cache)}, indent=1) + "\n")
+    train_set, val_set = load_cases(args.cache, train_ids), load_cases(args.cache, val_ids)
+    sampler = PatchSampler(train_set, plan.patch_size, plan.context_slices,
+                           oversample=args.oversample, pad_value=pad_value(plan))
+
+    network = build_network(plan).to(device)
+    if device.type == "cpu":
+        network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "branches")
+    else:
+        network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs,
+                                                           eta_min=args.lr * 1e-2)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    start_epoch, best, history = 0, -math.inf, []
+    if args.resume and (run_dir / LAST).is_file():
+        state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        if main:
+            log.info("resuming %s after epoch %d", run_dir / LAST, state["epoch"])
+    elif args.resume and main:
+        log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
+    model = network
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin)
+    aug = AugmentConfig() if not args.no_augment else None
+    anneal_steps = args.anneal_epochs * args.iterations
+    generator = torch.Generator(device=device)
+    if main:
+        n_params = sum(p.numel() for p in network.parameters())
+        log.info("training %s (%.2fM parameters) on %s x%d: %d train / %d validation cases, "
+                 "batch %d, patch %s, epochs %d x %d iterations", plan.preset, n_params / 1e6,
+                 device, world, len(train_ids), len(val_ids), batch_size,
+                 "x".join(map(str, plan.patch_size)), args.epochs, args.iterations)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.perf_counter()
+        generator.manual_seed(args.seed * 100003 + rank * 1009 + epoch)
+        stream = BatchStream(sampler, batch_size, args.iterations, args.seed, rank, epoch)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None,
+                                             num_workers=args.num_workers,
+                                             persistent_workers=False)
+        model.train()
+        losses, foreground = [], []
+        bar = tqdm(loader, total=args.iterations, desc=f"epoch {epoch}", unit="it",
+                   disable=not main or args.disable_progress_bar, leave=False)
+        for i, batch in enumerate(bar):
+            network.set_temperature(temperature(epoch * args.iterations + i, anneal_steps))
+            image = batch["image"].to(device, non_blocking=True)
+            label = batch["label"].to(device, non_blocking=True)
+            if aug is not None:
+                image, label = augment(image, label, plan.patch_size, aug, pad_value(plan),
+                                       generator)
+            else:
+                image, label = _centre(image, label, plan.patch_size)
+            with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+                outputs = model(image)
+            loss = loss_fn([o.float() for o in outputs], label, batch["partial"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+            foreground.append(batch["foreground"].float().mean().item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        scheduler.step()
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+               "lr": optimizer.param_groups[0]["lr"],
+               "temperature": float(network.dynamic_convs()[0].temperature)
+               if network.dynamic_convs() else 1.0,
+               "foreground_fraction": float(np.mean(foreground))}
+        if main:
+            if val_set and (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+                metrics = validate(network, val_set, plan, device) if val_set else {}
+                row.update({k: v for k, v in metrics.items() if k != "cases"})
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            score = row.get("val_score", -math.inf)
+            score = -row["train_loss"] if not val_set else score
+            improved = score > best
+            best = max(best, score)
+            state = {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "epoch": epoch, "best": best, "history": history,
+                     "plan": plan.to_dict(), "preset": plan.preset}
+            if improved:
+                _atomic_save({"model": network.state_dict(), "epoch": epoch, "score": score,
+                              "plan": plan.to_dict()}, run_dir / BEST)
+            _atomic_save(state, run_dir / LAST)
+            write_csv(run_dir / "metrics.csv", history)
+            plot_curves(run_dir / "curves.png", history)
+            log.info("epoch %d: loss %.4f%s, T %.2f, lr %.2e, %.1f s%s", epoch, row["train_loss"],
+                     "".join(f", {k[4:]} {row[k]:.3f}" for k in ("val_dsc", "val_nsd")
+                             if k in row), row["temperature"], row["lr"], row["seconds"],
+                     " (best)" if improved else "")
+        if world > 1:
+            dist.barrier()
+        if args.time_limit_min and time.perf_counter() - started > args.time_limit_min * 60:
+            if main:
+                log.warning("time limit of %.1f min reached after epoch %d; stopping",
+                            args.time_limit_min, epoch)
+            break
+    digest = sum(float(p.double().abs().sum()) for p in network.state_dict().values()
+                 if p.is_floating_point())
+    log.info("rank %d of %d done: weights digest %.10e", rank, world, digest)
+    if world > 1:
+        dist.destroy_process_group()
+    if main:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return {"history": history, "train": train_ids, "validation": val_ids}
+
+
+def _centre(image, label, patch):
+    wy, wx = image.shape[-2:]
+    oy, ox = (wy - patch[0]) // 2, (wx - patch[1]) // 2
+    return (image[..., oy:oy + patch[0], ox:ox + patch[1]].float(),
+            label[..., oy:oy + patch[0], ox:ox + patch[1]])

@@ -1,0 +1,63 @@
+"""Scoring the validation split during training, at network resolution.
+
+The cached validation volumes go through ``inference.sliding_window`` (the container's
+tiling and blending), then the plan's threshold and component filter at network
+spacing, and are scored with the official FLARE rules (``benchmark.metrics``) against
+the cached label. It skips reading, resampling and restoring, so it is fast; the final
+numbers on the raw files come from ``python -m training thresholds`` and
+``python -m benchmark.evaluate``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmark.metrics import score_case
+from inference.model import LesionProbability
+from inference.plans import Plan
+from inference.postprocess import remove_components
+from inference.preprocess import pad_value
+from inference.sliding_window import sliding_window
+
+
+def predict_cached(network, image: np.ndarray, plan: Plan, device, batch_size: int = 16,
+                   step: float | None = None) -> np.ndarray:
+    """Lesion probability (z, y, x) of a cached normalised volume."""
+    model = LesionProbability(network).eval()
+    volume = torch.from_numpy(np.asarray(image, np.float32)).to(device)
+    fp16 = torch.device(device).type == "cuda"
+
+    def predict(tiles):
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, torch.float16,
+                                                    enabled=fp16):
+            return model(tiles).float()
+
+    body = (np.asarray(image) > pad_value(plan) + 1e-3)
+    prob = sliding_window(volume, predict, plan.patch_size, step or plan.tile_step,
+                          plan.context_slices, batch_size, body, pad_value=pad_value(plan))
+    return prob.cpu().numpy()
+
+
+def score_prediction(probability, label, spacing_zyx, plan: Plan) -> tuple[float, float]:
+    post = plan.postprocessing
+    kept = remove_components(probability > post.threshold, spacing_zyx, post.min_volume_mm3,
+                             post.min_confidence, probability)
+    return score_case(kept, label, spacing_zyx)
+
+
+def validate(network, cases, plan: Plan, device, step: float | None = None) -> dict:
+    """Mean DSC, NSD and their mean (the FLARE score) over ``cases`` (CachedCase list)."""
+    was_training = network.training
+    rows = []
+    for case in cases:
+        probability = predict_cached(network, case.image, plan, device, step=step)
+        dsc, nsd = score_prediction(probability, np.asarray(case.label), case.spacing_zyx, plan)
+        rows.append({"case": case.case, "dsc": dsc, "nsd": nsd,
+                     "lesion": bool(np.asarray(case.label).any())})
+    network.train(was_training)
+    if not rows:
+        return {"val_dsc": float("nan"), "val_nsd": float("nan"), "val_score": float("nan")}
+    dsc = float(np.mean([r["dsc"] for r in rows]))
+    nsd = float(np.mean([r["nsd"] for r in rows]))
+    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
