@@ -117,6 +117,15 @@ def nvml_available(index: int = 0) -> bool:
         pynvml.nvmlShutdown()
 
 
+def rss_available() -> bool:
+    """True when psutil (needed to sample RSS without a GPU) is installed."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def default_sampler(gpu_index: int = 0):
     """NVML on GPU ``gpu_index`` when there is one, else an RSS sampler to :meth:`~RssTreeSampler.watch` the run."""
     if nvml_available(gpu_index):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,7 @@ class CaseRun:
     exit_code: int
     trace: MemoryTrace
     output_ok: bool
+    cpu_s: float | None = None  # user+sys CPU of the run's processes (local runs only)
     timings: dict = field(default_factory=dict)  # the case's stages, from --timings-json
     startup_s: float | None = None  # Predictor start-up (model load), from --timings-json
     backend: str | None = None
@@ -74,7 +76,8 @@ class CaseRun:
         row = {
             "case": self.case, "size": f"{x}x{y}x{z}", "slices": z,
             "spacing_mm": "x".join(f"{s:g}" for s in self.spacing_xyz),
-            "time_s": self.time_s, "exit_code": self.exit_code, "output_ok": self.output_ok,
+            "time_s": self.time_s, "cpu_s": self.cpu_s, "exit_code": self.exit_code,
+            "output_ok": self.output_ok,
             "memory": self.trace.kind, "max_mb": self.trace.peak, "area_mb_s": self.trace.area,
             "samples": len(self.trace.samples),
         }
@@ -82,6 +85,12 @@ class CaseRun:
         row.update({"startup_s": self.startup_s, "other_s": self.other_s,
                     "backend": self.backend, "device": self.device, "error": self.error})
         return row
+
+
+def _children_cpu_s() -> float:
+    """User+sys CPU seconds of all ended and waited-for child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def case_info(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -163,6 +172,7 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
         poller = MemoryPoller(sampler).start()
         error = None
         with open(log_path, "wb") as log_file:
+            cpu_before = _children_cpu_s()
             start = time.perf_counter()
             try:
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file,
@@ -180,12 +190,15 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
                 code = proc.wait()
                 error = f"killed after {timeout:.0f} s"
             elapsed = time.perf_counter() - start
+            # Read before the poller (also our child) is joined, so its CPU is not counted.
+            cpu_s = _children_cpu_s() - cpu_before
         trace = poller.stop()
         output_ok = _output_ok(outputs / f"{case}.nii.gz", size)
         if code != 0 and error is None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             error = f"exit code {code}: " + " / ".join(tail)
-        run = CaseRun(case, size, spacing, elapsed, code, trace, output_ok, error=error)
+        run = CaseRun(case, size, spacing, elapsed, code, trace, output_ok, error=error,
+                      cpu_s=None if docker else cpu_s)  # a container's CPU is not our child's
         if timings_json is not None and timings_json.is_file():
             data = json.loads(timings_json.read_text())
             run.startup_s, run.backend, run.device = (

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmark import machine, report
-from benchmark.memory import NvmlSampler, RssTreeSampler, nvml_available
+from benchmark.memory import NvmlSampler, RssTreeSampler, nvml_available, rss_available
 from benchmark.profile import RESULTS, weights_note
 from benchmark.runner import STAGES, display_path, run_case
 
@@ -73,6 +73,10 @@ def main(argv=None) -> int:
         return 2
     stamp = machine.stamp()
     gpu = nvml_available(args.gpu_index)
+    if not gpu and not rss_available():
+        log.error("error: no GPU, and psutil (needed to measure RSS instead) is not installed: "
+                  "pip install psutil (the bench extra)")
+        return 2
     options = dict(weights=args.weights, backend=args.backend, device=args.device,
                    gpu_index=args.gpu_index)
 

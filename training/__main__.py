@@ -67,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
     p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--lesion-prior", type=float, default=0.01,
+                   help="initial lesion probability of the output heads (0: keep 0.5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: this small network gains nothing from "
+                        "more, and loses badly when the cores are shared)")
     p.add_argument("--time-limit-min", type=float, default=0,
                    help="stop after the epoch that passes this many minutes (0: none)")
     _common(p)

@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 # Realistic 512x512 slices with a modest number of them; spacing drawn per case
 # (0.6-1.0 mm in plane, 1-5 mm slices) so the model meets the variety it will see.
 FULL = dict(train_cases=40, test_cases=16, shape=(512, 512, 48), preset="tiny",
-            patch=(96, 96), batch=8, spacing=(2.0, 2.0, 3.0), epochs=24, iterations=75,
-            anneal=4, val_every=4, val_fraction=0.1)
+            patch=(96, 96), batch=8, spacing=(2.0, 2.0, 3.0), epochs=50, iterations=250,
+            anneal=5, val_every=5, val_fraction=0.1, lr=2e-3)
 QUICK = dict(train_cases=5, test_cases=3, shape=(128, 128, 16), preset="tiny",
              patch=(64, 64), batch=2, spacing=(2.0, 2.0, 3.0), epochs=1, iterations=2,
-             anneal=1, val_every=1, val_fraction=0.2)
+             anneal=1, val_every=1, val_fraction=0.2, lr=1e-3)
 
 
 def _run(args: list[str], log_file: Path | None = None) -> str:
@@ -40,7 +40,9 @@ def _run(args: list[str], log_file: Path | None = None) -> str:
         with open(log_file, "a") as f:
             f.write(f"$ python {shlex.join(args)}\n{done.stdout}{done.stderr}\n")
     if done.returncode != 0:
-        raise RuntimeError(f"`python {shlex.join(args)}` failed ({done.returncode}):\n"
+        from training.trainer import TrainingError
+
+        raise TrainingError(f"`python {shlex.join(args)}` failed ({done.returncode}):\n"
                            f"{done.stderr[-3000:]}")
     log.info("  %.1f s", time.perf_counter() - t)
     return done.stdout
@@ -74,7 +76,8 @@ def run_demo(args) -> dict:
     _run(["-m", "training", "train", "-p", str(plans), "-c", str(cache), "-o", str(run),
           "--epochs", str(cfg["epochs"]), "--iterations-per-epoch", str(cfg["iterations"]),
           "--anneal-epochs", str(cfg["anneal"]), "--val-every", str(cfg["val_every"]),
-          "--val-fraction", str(cfg["val_fraction"]), "--device", "cpu", "--resume",
+          "--val-fraction", str(cfg["val_fraction"]), "--lr", str(cfg["lr"]),
+          "--device", "cpu", "--resume",
           "--time-limit-min", str(args.minutes), *quiet], logs)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -106,7 +109,10 @@ def summarise_scores(scores_csv: Path, dataset: Path) -> dict:
         rows = list(csv.DictReader(f))
     lesion = [r for r in rows if r["case"] not in lesion_free]
     healthy = [r for r in rows if r["case"] in lesion_free]
-    mean = lambda rs, k: sum(float(r[k]) for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+
+    def mean(rs, k):
+        return sum(float(r[k]) for r in rs) / len(rs) if rs else float("nan")
+
     return {
         "n_cases": len(rows), "n_lesion_cases": len(lesion), "n_healthy": len(healthy),
         "lesion_dsc": mean(lesion, "dsc"), "lesion_nsd": mean(lesion, "nsd"),

@@ -75,7 +75,7 @@ def check_parity(network, plan: Plan, weights_dir: Path, image: np.ndarray,
         with torch.inference_mode():
             return torch_model(tiles).float()
 
-    onnx = OnnxBackend(weights_dir, "cpu")
+    onnx = OnnxBackend(weights_dir, "cpu", threads=1)
     common = dict(patch=plan.patch_size, step=plan.tile_step, context=plan.context_slices,
                   pad_value=pad_value(plan))
     p_torch = sliding_window(torch.from_numpy(volume), torch_predict,
@@ -87,15 +87,18 @@ def check_parity(network, plan: Plan, weights_dir: Path, image: np.ndarray,
 def run_export(run_dir, output, checkpoint: str = "best", onnx_batch: int = 8,
                tolerance: float = TOLERANCE) -> float:
     run_dir, output = Path(run_dir), Path(output)
+    torch.set_num_threads(1)  # see training.trainer: shared small CPUs lose with more
     network, plan, meta = load_run(run_dir, checkpoint)
     t = time.perf_counter()
     info = {"source": "python -m training export", "checkpoint": meta["path"].name,
             "epoch": meta["epoch"], "validation_score": meta["score"]}
     write_weights(output, network, plan, onnx_batch=onnx_batch, info=info)
     log.info("wrote %s (epoch %s) in %.1f s", output, meta["epoch"], time.perf_counter() - t)
+    t = time.perf_counter()
     case, cache = parity_case(run_dir)
     image, _, _ = load_case(cache, case)
     diff = check_parity(network, plan, output, np.asarray(image))
+    log.info("parity check in %.1f s", time.perf_counter() - t)
     print(f"torch vs onnxruntime on {case}: max |dp| = {diff:.2e} (limit {tolerance:.0e})")
     if not diff <= tolerance:
         raise TrainingError(f"{output}: onnxruntime and torch disagree by {diff:.2e} "

@@ -1,4 +1,4 @@
-"""Training (``python -m training train``; many GPUs: ``torchrun --nproc_per_node=N -m training train``).
+"""Training: ``python -m training train`` (many GPUs: ``torchrun --nproc_per_node=N -m training``).
 
 Per epoch: ``iterations`` batches of 2.5D samples per process (foreground
 oversampling, ``training.sampling``), augmented on the device (``training.augment``),
@@ -103,9 +103,29 @@ def build_network(plan: Plan):
                        in_channels=plan.context_slices)
 
 
+def init_lesion_prior(network, prior: float) -> None:
+    """Start every output head at p(lesion) = ``prior`` (the focal-loss prior initialisation).
+
+    Lesions are a tiny fraction of the voxels; from the default p = 0.5 the full-resolution
+    head spends thousands of steps just learning that. Measured on a fixed batch of phantom
+    patches (tiny preset, Adam 1e-3): full-resolution Dice + CE after 150 steps 1.28 from
+    the default start, 0.18 from prior 0.01.
+    """
+    if not 0 < prior < 1:
+        return
+    with torch.no_grad():
+        for head in network.heads:
+            head.bias.zero_()
+            head.bias[1] = -math.log((1 - prior) / prior)
+
+
 def train(args) -> dict:
     """Run (or resume) training as described by the parsed CLI ``args``; returns the history."""
     device, rank, world = _setup_distributed(args.device)
+    if device.type == "cpu" and getattr(args, "threads", 0):
+        # measured on a shared 2-core machine (tiny preset, batch 2): one thread 0.05 s per
+        # step, two threads 0.3-9 s (threads spin-waiting on each other)
+        torch.set_num_threads(args.threads)
     main = rank == 0
     run_dir = Path(args.output)
     plan = Plan.load(args.plans)
@@ -129,7 +149,9 @@ def train(args) -> dict:
     sampler = PatchSampler(train_set, plan.patch_size, plan.context_slices,
                            oversample=args.oversample, pad_value=pad_value(plan))
 
-    network = build_network(plan).to(device)
+    network = build_network(plan)
+    init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
+    network = network.to(device)
     if device.type == "cpu":
         network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "branches")
     else:
@@ -203,8 +225,15 @@ def train(args) -> dict:
                "temperature": float(network.dynamic_convs()[0].temperature)
                if network.dynamic_convs() else 1.0,
                "foreground_fraction": float(np.mean(foreground))}
+        out_of_time = bool(args.time_limit_min) and \
+            time.perf_counter() - started > args.time_limit_min * 60
+        if world > 1:  # every rank must stop after the same epoch: rank 0 decides
+            flag = torch.tensor([int(out_of_time)], device=device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item())
         if main:
-            if val_set and (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+            last = epoch + 1 == args.epochs or out_of_time
+            if val_set and ((epoch + 1) % args.val_every == 0 or last):
                 metrics = validate(network, val_set, plan, device) if val_set else {}
                 row.update({k: v for k, v in metrics.items() if k != "cases"})
             row["seconds"] = time.perf_counter() - t0
@@ -229,7 +258,7 @@ def train(args) -> dict:
                      " (best)" if improved else "")
         if world > 1:
             dist.barrier()
-        if args.time_limit_min and time.perf_counter() - started > args.time_limit_min * 60:
+        if out_of_time:
             if main:
                 log.warning("time limit of %.1f min reached after epoch %d; stopping",
                             args.time_limit_min, epoch)

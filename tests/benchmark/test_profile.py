@@ -1,11 +1,19 @@
 """Profile and stage runs end to end: one fresh predict.sh process per case."""
 
 import csv
+import json
+
+import pytest
 
 from benchmark import profile, stages
-from benchmark.memory import nvml_available
+from benchmark.memory import nvml_available, rss_available
+
+needs_sampler = pytest.mark.skipif(
+    not (nvml_available() or rss_available()),
+    reason="no GPU and no psutil to measure memory (pip install psutil: the bench extra)")
 
 
+@needs_sampler
 def test_profile_one_tiny_case_end_to_end(tiny_case_dir, tiny_weights, tmp_path):
     out = tmp_path / "results"
     code = profile.main(["-i", str(tiny_case_dir), "-o", str(out), "--weights",
@@ -19,6 +27,7 @@ def test_profile_one_tiny_case_end_to_end(tiny_case_dir, tiny_weights, tmp_path)
     assert row["exit_code"] == "0" and row["output_ok"] == "True"
     assert row["backend"] == "onnx" and row["device"] == "cpu"
     assert float(row["time_s"]) > 0 and int(row["samples"]) >= 1
+    assert float(row["cpu_s"]) > 0  # the run's own CPU seconds, read from its rusage
     assert float(row["max_mb"]) > 0 and float(row["area_mb_s"]) > 0
     stages_sum = sum(float(row[f"{s}_s"]) for s in profile.STAGES)
     assert 0 < stages_sum < float(row["time_s"])
@@ -37,6 +46,7 @@ def test_profile_exits_2_without_inputs(tmp_path):
     assert profile.main(["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "r")]) == 2
 
 
+@needs_sampler
 def test_profile_records_a_failed_run(tiny_case_dir, tmp_path):
     broken = tmp_path / "weights"
     broken.mkdir()
@@ -48,13 +58,12 @@ def test_profile_records_a_failed_run(tiny_case_dir, tmp_path):
     assert row["exit_code"] == "2" and row["output_ok"] == "False" and row["error"]
 
 
+@needs_sampler
 def test_stage_breakdown_adds_up_to_the_wall_clock(tiny_case_dir, tiny_weights, tmp_path):
     code = stages.main(["-i", str(tiny_case_dir / "bench_0000.nii.gz"), "-o", str(tmp_path),
                         "--weights", str(tiny_weights), "--backend", "onnx", "--no-warmup",
                         "--tag", "t"])
     assert code == 0
-    import json
-
     data = json.loads(next(tmp_path.glob("stages_*_t.json")).read_text())
     parts = data["breakdown"][:-1]
     total = data["breakdown"][-1]["seconds"]

@@ -59,3 +59,13 @@ def test_plain_mode_and_complete_labels_punish_everywhere():
         logits, label = _case()
         DeepSupervisionLoss(mode)(logits, label, torch.tensor([partial])).backward()
         assert logits.grad.abs().sum(dim=1)[0, 45:58, 45:58].min() > 0
+
+
+def test_heads_start_at_the_lesion_prior():
+    from training.trainer import init_lesion_prior
+
+    model = build_model("tiny")
+    init_lesion_prior(model, 0.01)
+    for head in model.heads:
+        p = torch.softmax(head.bias.detach(), 0)[1].item()
+        assert abs(p - 0.01) < 1e-6

@@ -1,0 +1,56 @@
+"""Threshold search picks the obvious optimum; pseudo-labels keep only confident lesions."""
+
+import numpy as np
+
+from inference.model import build_model
+from inference.plans import Plan
+from inference.weights import load_plan, verified, write_weights
+from training.pseudolabel import select
+from training.thresholds import CasePrediction, grid_search, write_postprocessing
+
+SPACING = (1.0, 1.0, 1.0)
+
+
+def _case(name, lesion=True):
+    """A true lesion (p 0.95, 1000 voxels), a tiny sure blob (8 voxels) and a big faint one."""
+    p = np.zeros((40, 40, 40), np.float32)
+    label = np.zeros(p.shape, np.uint8)
+    if lesion:
+        p[5:15, 5:15, 5:15] = 0.95
+        label[5:15, 5:15, 5:15] = 1
+    p[30:32, 30:32, 30:32] = 0.95  # small false positive: removed by a volume bar
+    p[20:28, 2:12, 25:35] = 0.6  # large low-confidence false positive: removed by confidence
+    return CasePrediction(name, p, SPACING, lambda prob, kept: kept, label, SPACING)
+
+
+def test_grid_search_picks_the_obvious_optimum():
+    cases = [_case("a"), _case("b"), _case("healthy", lesion=False)]
+    rows, best = grid_search(cases, 0.5, volumes=(0, 20, 2000), confidences=(0, 0.8, 0.99))
+    assert len(rows) == 9
+    assert best["min_volume_mm3"] == 20 and best["min_confidence"] == 0.8
+    assert best["dsc"] == 1.0 and best["nsd"] == 1.0
+    worst = [r for r in rows if r["min_volume_mm3"] == 0 and r["min_confidence"] == 0][0]
+    assert worst["score"] < best["score"]
+
+
+def test_thresholds_are_written_into_the_plan_and_checksums(tmp_path):
+    write_weights(tmp_path, build_model("tiny"), Plan(preset="tiny", patch_size=(64, 64)),
+                  onnx_batch=2)
+    write_postprocessing(tmp_path, 120.0, 0.7)
+    plan = load_plan(tmp_path)  # checks SHA256SUMS
+    assert plan.postprocessing.min_volume_mm3 == 120.0
+    assert plan.postprocessing.min_confidence == 0.7
+    verified(tmp_path, "model.onnx")
+
+
+def test_pseudolabel_keeps_confident_lesions_and_only_clearly_healthy_scans():
+    p = np.zeros((20, 20, 20), np.float32)
+    p[2:6, 2:6, 2:6] = 0.97
+    p[12:16, 12:16, 12:16] = 0.6
+    kind, label = select(p > 0.5, p, SPACING, 0.9, 0.3)
+    assert kind == "lesion" and label[3, 3, 3] == 1 and label[13, 13, 13] == 0
+    faint = np.where(p > 0.9, 0.0, p)
+    assert select(faint > 0.5, faint, SPACING, 0.9, 0.3)[0] == "dropped"
+    quiet = np.full(p.shape, 0.05, np.float32)
+    kind, label = select(quiet > 0.5, quiet, SPACING, 0.9, 0.3)
+    assert kind == "healthy" and not label.any()
