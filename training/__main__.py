@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
     p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--init-weights", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fresh optimiser and schedule)")
     p.add_argument("--lesion-prior", type=float, default=0.01,
                    help="initial lesion probability of the output heads (0: keep 0.5)")
     p.add_argument("--threads", type=int, default=1,

@@ -170,8 +170,14 @@ def train(args) -> dict:
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         if main:
             log.info("resuming %s after epoch %d", run_dir / LAST, state["epoch"])
-    elif args.resume and main:
-        log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
+    else:
+        if args.resume and main:
+            log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
+        if args.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
+            state = torch.load(args.init_weights, map_location="cpu", weights_only=False)
+            network.load_state_dict(state["model"] if "model" in state else state)
+            if main:
+                log.info("initialised from %s", args.init_weights)
     model = network
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
