@@ -233,3 +233,16 @@ class MemoryPoller:
     def __exit__(self, *exc) -> None:
         if self._process is not None:
             self.trace = self.stop()
+
+
+def sampler_factory(gpu_index: int = 0):
+    """A function making a fresh sampler per run: NVML on a GPU, else the RSS tree.
+
+    Raises RuntimeError (one line for the CLI) when neither can be measured.
+    """
+    if nvml_available(gpu_index):
+        return lambda: NvmlSampler(gpu_index)
+    if rss_available():
+        return RssTreeSampler
+    raise RuntimeError("no GPU, and psutil (needed to measure RSS instead) is not installed: "
+                       "pip install psutil (the bench extra)")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from benchmark.machine import cpu_model
 from inference.model import (LesionProbability, build_model, count_flops, count_parameters,
                              tile_activation_bytes)
 from inference.onnx_export import export_onnx
@@ -37,16 +36,6 @@ CANDIDATES = [
     ("fast, no SAM branch", "fast", {"sam": False}),
     ("fast, static convs", "fast", {"dynamic": False}),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -86,7 +75,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             session.run(None, feed)
             row["ort_ms"].append((time.perf_counter() - t) * 1000 / args.batch)
-    header = (f"# Network size candidates on the CPU\n\n{cpu_name()}, {torch.get_num_threads()} "
+    header = (f"# Network size candidates on the CPU\n\n{cpu_model()}, {torch.get_num_threads()} "
               f"torch threads, torch {torch.__version__}, onnxruntime {ort.__version__}, "
               f"{datetime.date.today().isoformat()}. Batch of {args.batch} tiles of 3x192x192; "
               f"best of {args.rounds} interleaved rounds.\n\n"

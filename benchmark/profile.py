@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from benchmark import machine, paper, report
-from benchmark.memory import NvmlSampler, RssTreeSampler, nvml_available, rss_available
+from benchmark.memory import RssTreeSampler, nvml_available, sampler_factory
 from benchmark.runner import STAGES, case_info, display_path, list_inputs, run_case
 
 log = logging.getLogger("benchmark.profile")
@@ -134,16 +134,14 @@ def main(argv=None) -> int:
         return 2
 
     stamp = machine.stamp()
-    gpu = nvml_available(args.gpu_index)
-    if not gpu and not rss_available():
-        log.error("error: no GPU, and psutil (needed to measure RSS instead) is not installed: "
-                  "pip install psutil (the bench extra)")
+    try:
+        sampler = sampler_factory(args.gpu_index)
+    except RuntimeError as error:
+        log.error("error: %s", error)
         return 2
+    gpu = sampler is not RssTreeSampler
     run_options = dict(docker=args.docker, weights=args.weights, backend=args.backend,
                        device=args.device, gpu_index=args.gpu_index, timeout=args.timeout)
-
-    def sampler():
-        return NvmlSampler(args.gpu_index) if gpu else RssTreeSampler()
 
     if not args.no_warmup:
         log.info("warm-up run (not recorded): %s", cases[0].name)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmark import machine, report
-from benchmark.memory import NvmlSampler, RssTreeSampler, nvml_available, rss_available
+from benchmark.memory import RssTreeSampler, sampler_factory
 from benchmark.profile import RESULTS, weights_note
 from benchmark.runner import STAGES, display_path, run_case
 
@@ -72,16 +72,14 @@ def main(argv=None) -> int:
                   "makes the 554-slice case)", args.input)
         return 2
     stamp = machine.stamp()
-    gpu = nvml_available(args.gpu_index)
-    if not gpu and not rss_available():
-        log.error("error: no GPU, and psutil (needed to measure RSS instead) is not installed: "
-                  "pip install psutil (the bench extra)")
+    try:
+        sampler = sampler_factory(args.gpu_index)
+    except RuntimeError as error:
+        log.error("error: %s", error)
         return 2
+    gpu = sampler is not RssTreeSampler
     options = dict(weights=args.weights, backend=args.backend, device=args.device,
                    gpu_index=args.gpu_index)
-
-    def sampler():
-        return NvmlSampler(args.gpu_index) if gpu else RssTreeSampler()
 
     if not args.no_warmup:
         log.info("warm-up run (not recorded)")
