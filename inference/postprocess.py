@@ -51,8 +51,10 @@ def remove_components(
     # Label only the box around the foreground: lesions are a small part of a scan, and
     # the labels (uint32) would otherwise cost 4 bytes for every voxel of the volume.
     crop = np.ascontiguousarray(foreground_mask[box])
+    # A {0,1} uint8 image, not binary_image=True: cc3d 4.1 under-sizes its union-find
+    # for binary images of a few voxels ("maximum length exception" on [1, 0, 1]).
     labels, count = cc3d.connected_components(
-        crop, connectivity=connectivity, binary_image=True, return_N=True
+        crop.view(np.uint8), connectivity=connectivity, return_N=True
     )
     foreground = np.flatnonzero(crop)  # ~15x faster on bool than on the labels
     ids = labels.reshape(-1)[foreground]

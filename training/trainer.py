@@ -174,6 +174,8 @@ def train(args) -> dict:
         if args.resume and main:
             log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
         if args.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
+            if not Path(args.init_weights).is_file():
+                raise TrainingError(f"--init-weights {args.init_weights}: no such checkpoint")
             state = torch.load(args.init_weights, map_location="cpu", weights_only=False)
             network.load_state_dict(state["model"] if "model" in state else state)
             if main:

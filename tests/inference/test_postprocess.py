@@ -91,3 +91,18 @@ def test_bad_arguments_are_refused(kwargs):
     arguments.update(kwargs)
     with pytest.raises(ValueError):
         remove_components(**arguments)
+
+
+def test_two_voxels_one_apart_in_a_tiny_box():
+    """cc3d's binary-image mode crashed on this ("maximum length exception")."""
+    mask = np.array([[[1, 0, 1]]], np.uint8)
+    assert remove_components(mask, (1.0, 1.0, 1.0), 0.0).tolist() == [[[1, 0, 1]]]
+    assert remove_components(mask, (1.0, 1.0, 1.0), 2.0).sum() == 0
+
+
+def test_random_small_masks_never_crash():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        mask = (rng.random(tuple(rng.integers(1, 6, 3))) < 0.5).astype(np.uint8)
+        kept = remove_components(mask, (1.0, 1.0, 1.0), 0.0)
+        assert np.array_equal(kept, mask)
