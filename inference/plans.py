@@ -50,6 +50,9 @@ class Plan:
     batch_size: int = 4
     tile_step: float = 0.5
     body_threshold_hu: float = -500.0
+    # Box-average each axis over the downsampling factor before resampling: linear
+    # interpolation alone keeps the scanner noise of fine voxels at full strength.
+    smoothing: bool = True
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
     version: int = PLAN_VERSION

@@ -1,7 +1,8 @@
 """From a CT volume to what the network sees, and the network's decision back onto the input grid.
 
-preprocess: reorient to the plan's orientation (nearest axes) -> body crop -> resample
-to the target spacing on the backend's device -> clip and z-score.
+preprocess: reorient to the plan's orientation (nearest axes) -> body crop -> box
+smoothing over the downsampling factor -> resample to the target spacing on the
+backend's device -> clip and z-score.
 restore: the lesion decision at network resolution -> linear upsampling of the kept
 lesion probability, only around kept lesions -> threshold -> paste into the
 uncropped grid -> undo the reorientation. The result lies exactly on the input grid.
@@ -39,6 +40,51 @@ def network_shape(shape_zyx, spacing_zyx, target_zyx) -> tuple[int, int, int]:
     return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape_zyx, spacing_zyx, target_zyx))
 
 
+def smoothing_widths(spacing_zyx, target_zyx) -> tuple[int, int, int]:
+    """Odd box widths (voxels) matching the downsampling factor of each axis."""
+    widths = []
+    for s, t in zip(spacing_zyx, target_zyx):
+        w = max(int(round(t / s)), 1)
+        widths.append(w + 1 - w % 2)
+    return tuple(widths)
+
+
+def box_smooth(a, widths):
+    """Mean over a centred box of ``widths`` voxels, counting only voxels inside the array.
+
+    Running sums make it cost the same whatever the width; numpy and torch alike.
+    """
+    for axis, w in enumerate(widths):
+        if w <= 1 or a.shape[axis] < 2:
+            continue
+        r = w // 2
+        n = a.shape[axis]
+        if isinstance(a, np.ndarray):
+            pad = [(0, 0)] * 3
+            pad[axis] = (r + 1, r)
+            c = np.cumsum(np.pad(a, pad), axis=axis, dtype=np.float32)
+            upper = np.take(c, np.arange(w, w + n), axis=axis)
+            lower = np.take(c, np.arange(0, n), axis=axis)
+        else:
+            import torch.nn.functional as F
+
+            pad = [0] * 6
+            pad[2 * (2 - axis)], pad[2 * (2 - axis) + 1] = r + 1, r
+            c = F.pad(a, pad).cumsum(dim=axis)
+            upper, lower = c.narrow(axis, w, n), c.narrow(axis, 0, n)
+        i = np.arange(n)
+        count = (np.minimum(i + r, n - 1) - np.maximum(i - r, 0) + 1).astype(np.float32)
+        shape = [1, 1, 1]
+        shape[axis] = n
+        count = count.reshape(shape)
+        if not isinstance(a, np.ndarray):
+            import torch
+
+            count = torch.as_tensor(count, device=a.device, dtype=a.dtype)
+        a = (upper - lower) / count
+    return a
+
+
 def _resize(a, shape):
     if isinstance(a, np.ndarray):
         return resize_linear(a, shape)
@@ -59,6 +105,8 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
         return Prepared(None, None, reorientation, oriented.shape, None, spacing)
     crop = to_device(oriented[box])
     shape = network_shape(crop.shape, spacing, plan.target_spacing[::-1])
+    if plan.smoothing:
+        crop = box_smooth(crop, smoothing_widths(spacing, plan.target_spacing[::-1]))
     resampled = _resize(crop, shape)
     del crop
     body = resampled > plan.body_threshold_hu

@@ -119,3 +119,30 @@ def test_no_body_at_all():
     array = np.full((5, 20, 20), -1024.0, np.float32)
     prepared = preprocess(array, (1, 1, 1), tuple(np.eye(3).ravel()), PLAN)
     assert prepared.box is None
+
+
+def test_box_smoothing_is_the_mean_over_the_box_inside_the_array():
+    from inference.preprocess import box_smooth, smoothing_widths
+
+    a = np.random.default_rng(0).normal(size=(7, 9, 11)).astype(np.float32)
+    expected = np.zeros_like(a)
+    for z in range(7):
+        for y in range(9):
+            expected[z, y] = a[max(z - 1, 0):z + 2, max(y - 2, 0):y + 3].mean(axis=(0, 1))
+    np.testing.assert_allclose(box_smooth(a, (3, 5, 1)), expected, atol=1e-5)
+    np.testing.assert_allclose(box_smooth(torch.from_numpy(a), (3, 5, 1)).numpy(), expected,
+                               atol=1e-5)
+    assert smoothing_widths((3.0, 0.8, 0.8), (3.0, 2.0, 2.0)) == (1, 3, 3)
+    assert smoothing_widths((1.0, 0.5, 0.7), (3.0, 2.0, 2.0)) == (3, 5, 3)
+
+
+def test_smoothing_lowers_noise_at_network_resolution():
+    rng = np.random.default_rng(0)
+    array = np.full((40, 120, 120), 40.0, np.float32) + rng.normal(0, 20, (40, 120, 120))
+    array = array.astype(np.float32)
+    plain = Plan(**{**PLAN.to_dict(), "normalization": PLAN.normalization,
+                    "postprocessing": PLAN.postprocessing, "smoothing": False})
+    eye = tuple(np.eye(3).ravel())
+    noisy = preprocess(array, (0.8, 0.8, 1.0), eye, plain).volume[2:-2, 2:-2, 2:-2].std()
+    smooth = preprocess(array, (0.8, 0.8, 1.0), eye, PLAN).volume[2:-2, 2:-2, 2:-2].std()
+    assert smooth < noisy / 2.5
