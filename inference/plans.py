@@ -52,7 +52,9 @@ class Plan:
     body_threshold_hu: float = -500.0
     # Box-average each axis over the downsampling factor before resampling: linear
     # interpolation alone keeps the scanner noise of fine voxels at full strength.
-    smoothing: bool = True
+    # Off by default until a training run shows it helps (one 16-minute phantom run
+    # did not: benchmark/results/demo_training.md).
+    smoothing: bool = False
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
     version: int = PLAN_VERSION

@@ -140,9 +140,9 @@ def test_smoothing_lowers_noise_at_network_resolution():
     rng = np.random.default_rng(0)
     array = np.full((40, 120, 120), 40.0, np.float32) + rng.normal(0, 20, (40, 120, 120))
     array = array.astype(np.float32)
-    plain = Plan(**{**PLAN.to_dict(), "normalization": PLAN.normalization,
-                    "postprocessing": PLAN.postprocessing, "smoothing": False})
+    smoothed = Plan(**{**PLAN.to_dict(), "normalization": PLAN.normalization,
+                       "postprocessing": PLAN.postprocessing, "smoothing": True})
     eye = tuple(np.eye(3).ravel())
-    noisy = preprocess(array, (0.8, 0.8, 1.0), eye, plain).volume[2:-2, 2:-2, 2:-2].std()
-    smooth = preprocess(array, (0.8, 0.8, 1.0), eye, PLAN).volume[2:-2, 2:-2, 2:-2].std()
+    noisy = preprocess(array, (0.8, 0.8, 1.0), eye, PLAN).volume[2:-2, 2:-2, 2:-2].std()
+    smooth = preprocess(array, (0.8, 0.8, 1.0), eye, smoothed).volume[2:-2, 2:-2, 2:-2].std()
     assert smooth < noisy / 2.5
