@@ -69,16 +69,34 @@ def plan_tiles(shape, patch, step, body=None) -> list[Tile]:
 
 
 class _Numpy:
-    def __init__(self, like):
-        pass
-
     zeros = staticmethod(lambda shape: np.zeros(shape, np.float32))
-    stack = staticmethod(np.stack)
     as_array = staticmethod(lambda a: a)
+
+    def __init__(self, like):
+        self.buffer = None
+
+    def gather(self, volume, chunk, patch, half):
+        """The batch's tiles copied once into a reused buffer (no per-batch allocation)."""
+        n, depth = len(chunk), 2 * half + 1
+        if self.buffer is None or self.buffer.shape[0] < n:
+            self.buffer = np.empty((n, depth, *patch), np.float32)
+        batch = self.buffer[:n]
+        last = volume.shape[0] - 1
+        for i, t in enumerate(chunk):
+            rows, cols = slice(t.y, t.y + patch[0]), slice(t.x, t.x + patch[1])
+            for c in range(depth):
+                batch[i, c] = volume[min(max(t.z - half + c, 0), last), rows, cols]
+        return batch
 
     @staticmethod
     def pad_inplane(volume, pad_y, pad_x, value):
         return np.pad(volume, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=value)
+
+    @staticmethod
+    def normalise(acc, planes, layout_ids):
+        # Slice by slice, in place: no slab-sized temporary.
+        for i, k in enumerate(layout_ids):
+            np.divide(acc[i], planes[k], out=acc[i])
 
 
 class _Torch:
@@ -90,8 +108,8 @@ class _Torch:
     def zeros(self, shape):
         return self.torch.zeros(shape, dtype=self.torch.float32, device=self.device)
 
-    def stack(self, items):
-        return self.torch.stack(items)
+    def gather(self, volume, chunk, patch, half):
+        return self.torch.stack([_tile_input(volume, t, patch, half) for t in chunk])
 
     def as_array(self, a):
         return self.torch.as_tensor(a, device=self.device)
@@ -101,9 +119,33 @@ class _Torch:
 
         return F.pad(volume, (0, pad_x, 0, pad_y), value=value)
 
+    def normalise(self, acc, planes, layout_ids):
+        # Two kernels per slab (gather the slices' maps, divide) however many layouts.
+        if len(set(layout_ids)) == 1:
+            acc.div_(planes[layout_ids[0]])
+        else:
+            index = self.torch.as_tensor(layout_ids, device=self.device)
+            acc.div_(planes.index_select(0, index))
+
 
 def _ops(volume):
     return _Numpy(volume) if isinstance(volume, np.ndarray) else _Torch(volume)
+
+
+def weight_sum_plane(starts, plane_shape, weight: np.ndarray) -> np.ndarray:
+    """The blending normaliser of one slice: the tiles' Gaussian weights summed.
+
+    ``starts`` are the (y, x) tile starts of the slice in the order their probabilities
+    are accumulated, so the sum is the same float32 sum, bit for bit, as adding the
+    weight tile by tile. Voxels no tile covers get 1 (their accumulated value is 0, and
+    0 / 1 keeps it 0), so dividing needs no mask.
+    """
+    py, px = weight.shape
+    norm = np.zeros(plane_shape, np.float32)
+    for y, x in starts:
+        norm[y:y + py, x:x + px] += weight
+    norm[norm == 0] = 1
+    return norm
 
 
 def sliding_window(
@@ -137,23 +179,37 @@ def sliding_window(
         if body is not None:
             body = np.pad(body, ((0, 0), (0, pad_y), (0, pad_x)))
     shape = volume.shape
-    weight = ops.as_array(gaussian_importance(patch))
+    weight_np = gaussian_importance(patch)
+    weight = ops.as_array(weight_np)
     half = context // 2
     tiles = plan_tiles(shape, patch, step, body)
     log.debug("%d tiles of %dx%d for a %s volume", len(tiles), py, px, tuple(shape))
+    # The normaliser depends only on which tiles a slice has: one map per distinct layout
+    # (one in all without body skipping), made once, instead of a weight sum per tile.
+    layouts: dict[tuple, int] = {}
+    slice_layout = np.zeros(shape[0], np.int64)
+    by_slice: dict[int, list[tuple[int, int]]] = {}
+    for t in tiles:
+        by_slice.setdefault(t.z, []).append((t.y, t.x))
+    for z, starts in by_slice.items():
+        slice_layout[z] = layouts.setdefault(tuple(starts), len(layouts))
+    planes = ops.as_array(np.stack([weight_sum_plane(starts, shape[1:], weight_np)
+                                    for starts in layouts])) if layouts else None
     out = np.zeros(shape, np.float32) if to_host else ops.zeros(shape)
+    # On the device the slab accumulates in ``out`` itself; only a host result needs a
+    # device-side slab to blend in first.
+    separate = to_host and not isinstance(volume, np.ndarray)
     by_slab: dict[int, list[Tile]] = {}
     for t in tiles:
         by_slab.setdefault(t.z // slab_slices, []).append(t)
     for slab, slab_tiles in sorted(by_slab.items()):
         z0 = slab * slab_slices
         z1 = min(z0 + slab_slices, shape[0])
-        acc = ops.zeros((z1 - z0, shape[1], shape[2]))
-        norm = ops.zeros((z1 - z0, shape[1], shape[2]))
+        acc = ops.zeros((z1 - z0, shape[1], shape[2])) if separate else out[z0:z1]
         start = 0
         while start < len(slab_tiles):
             chunk = slab_tiles[start:start + batch_size]
-            batch = ops.stack([_tile_input(volume, t, patch, half) for t in chunk])
+            batch = ops.gather(volume, chunk, patch, half)
             try:
                 probs = predict(batch)
             except oom_errors:
@@ -163,28 +219,26 @@ def sliding_window(
                 log.warning("out of memory; retrying with %d tiles per batch", batch_size)
                 _release_cached_memory(volume)
                 continue
-            for t, p in zip(chunk, probs):
-                region = (t.z - z0, slice(t.y, t.y + py), slice(t.x, t.x + px))
-                acc[region] += p * weight
-                norm[region] += weight
+            weighted = probs * weight  # one operation for the batch, not one per tile
+            for t, p in zip(chunk, weighted):
+                acc[t.z - z0, t.y:t.y + py, t.x:t.x + px] += p
             start += len(chunk)
             if progress is not None:
                 progress(len(chunk))
-        covered = norm > 0
-        acc[covered] /= norm[covered]
-        out[z0:z1] = acc if not to_host or isinstance(acc, np.ndarray) else acc.cpu().numpy()
+        # A slice of the slab without tiles holds zeros, which any layout's map keeps 0.
+        ops.normalise(acc, planes, slice_layout[z0:z1].tolist())
+        if separate:
+            out[z0:z1] = acc.cpu().numpy()
     return out[:, :ny, :nx]
 
 
 def _tile_input(volume, t: Tile, patch, half: int):
-    """The context slices centred on ``t.z`` (edges replicated), cut to the tile."""
+    """The context slices centred on ``t.z`` (edges replicated), cut to the tile (torch)."""
     nz = volume.shape[0]
     region = volume[max(t.z - half, 0):t.z + half + 1, t.y:t.y + patch[0], t.x:t.x + patch[1]]
     lo, hi = half - min(t.z, half), half - min(nz - 1 - t.z, half)
     if lo or hi:
-        parts = [region[:1]] * lo + [region] + [region[-1:]] * hi
-        region = np.concatenate(parts) if isinstance(region, np.ndarray) else \
-            _ops(region).torch.cat(parts)
+        region = _ops(region).torch.cat([region[:1]] * lo + [region] + [region[-1:]] * hi)
     return region
 
 

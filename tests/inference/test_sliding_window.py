@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.sliding_window import gaussian_importance, plan_tiles, sliding_window, tile_starts
+from inference.sliding_window import (gaussian_importance, plan_tiles, sliding_window, tile_starts,
+                                      weight_sum_plane)
 
 PATCH = (16, 20)
 
@@ -32,6 +33,35 @@ def reference(volume, predict, patch, step, context):
                 acc[z, y:y + patch[0], x:x + patch[1]] += p * g
                 norm[z, y:y + patch[0], x:x + patch[1]] += g
     return acc / norm
+
+
+def per_tile_formula(volume, predict, patch, step, context, batch_size, slab_slices, body=None):
+    """The engine's earlier blending: weight summed tile by tile, masked division per slab.
+
+    float32 throughout and in the engine's tile order, so the engine must match it bit
+    for bit, not just within a tolerance.
+    """
+    nz, ny, nx = volume.shape
+    half = context // 2
+    g = gaussian_importance(patch)
+    out = np.zeros(volume.shape, np.float32)
+    tiles = plan_tiles(volume.shape, patch, step, body)
+    for z0 in range(0, nz, slab_slices):
+        slab = [t for t in tiles if z0 <= t.z < z0 + slab_slices]
+        acc = np.zeros((min(slab_slices, nz - z0), ny, nx), np.float32)
+        norm = np.zeros_like(acc)
+        for b in range(0, len(slab), batch_size):
+            chunk = slab[b:b + batch_size]
+            batch = np.stack([volume[np.clip(np.arange(t.z - half, t.z + half + 1), 0, nz - 1),
+                                     t.y:t.y + patch[0], t.x:t.x + patch[1]] for t in chunk])
+            for t, p in zip(chunk, predict(batch)):
+                region = (t.z - z0, slice(t.y, t.y + patch[0]), slice(t.x, t.x + patch[1]))
+                acc[region] += p * g
+                norm[region] += g
+        covered = norm > 0
+        acc[covered] /= norm[covered]
+        out[z0:z0 + len(acc)] = acc
+    return out
 
 
 @pytest.fixture
@@ -125,3 +155,47 @@ def test_blending_to_host_slab_by_slab_gives_the_same_result(volume):
                          slab_slices=2, to_host=True)
     assert isinstance(got, np.ndarray)
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def body_with_changing_extent(shape):
+    """A body whose box differs from slice to slice, so slices get different tile layouts."""
+    body = np.zeros(shape, bool)
+    body[1:3, 2:10, 3:12] = True
+    body[3:6, 20:35, 25:44] = True
+    body[6:8, 5:30, 2:40] = True
+    return body
+
+
+@pytest.mark.parametrize("batch,slab,with_body", [(1, 1, False), (4, 3, True), (7, 32, True),
+                                                  (64, 4, False)])
+def test_precomputed_normaliser_equals_the_per_tile_sum_bit_for_bit(volume, batch, slab,
+                                                                     with_body):
+    body = body_with_changing_extent(volume.shape) if with_body else None
+    if with_body:  # several layouts, and slices without any tile
+        layouts = {tuple((t.y, t.x) for t in plan_tiles(volume.shape, PATCH, 0.5, body)
+                         if t.z == z) for z in range(volume.shape[0])}
+        assert len(layouts) >= 3
+    expected = per_tile_formula(volume, fake_network, PATCH, 0.5, 3, batch, slab, body)
+    got = sliding_window(volume, fake_network, PATCH, 0.5, 3, batch_size=batch,
+                         slab_slices=slab, body=body)
+    np.testing.assert_array_equal(got, expected)
+    got_torch = sliding_window(torch.from_numpy(volume), fake_network, PATCH, 0.5, 3,
+                               batch_size=batch, slab_slices=slab, body=body)
+    np.testing.assert_array_equal(got_torch.numpy(), expected)
+    got_host = sliding_window(torch.from_numpy(volume), fake_network, PATCH, 0.5, 3,
+                              batch_size=batch, slab_slices=slab, body=body, to_host=True)
+    np.testing.assert_array_equal(got_host, expected)
+
+
+def test_weight_sum_plane_is_the_weights_added_tile_by_tile():
+    g = gaussian_importance(PATCH)
+    starts = [(y, x) for y in tile_starts(37, PATCH[0], 0.5)
+              for x in tile_starts(45, PATCH[1], 0.5)]
+    expected = np.zeros((37, 45), np.float32)
+    for y, x in starts:
+        expected[y:y + PATCH[0], x:x + PATCH[1]] += g
+    np.testing.assert_array_equal(weight_sum_plane(starts, (37, 45), g), expected)
+    # Where no tile lies the map is 1, so dividing the (zero) accumulator keeps zero.
+    partial = weight_sum_plane([(0, 0)], (37, 45), g)
+    assert np.all(partial[PATCH[0]:, :] == 1) and np.all(partial[:, PATCH[1]:] == 1)
+
