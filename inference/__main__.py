@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tile step as a fraction of the patch (default: the plan's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: from the memory budget)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime CPU threads (default: onnxruntime's own choice)")
     p.add_argument("--continue", dest="skip_existing", action="store_true",
                    help="skip cases whose mask is already written")
     p.add_argument("--num-parts", type=int, default=1,
@@ -55,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--step is a fraction of the patch in (0, 1]")
     if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
     if args.gpu_memory_mb <= 0:
         p.error("--gpu-memory-mb must be positive")
     return args
@@ -65,25 +69,40 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     from inference import nifti
+    from inference.predictor import cases_to_do, read_ahead
+
+    try:
+        cases = nifti.shard(nifti.list_cases(args.input), args.num_parts, args.part_id)
+        nifti.check_output_dir(args.output)
+    except nifti.InputError as error:
+        log.error("error: %s", error)
+        return 2
+    # Start reading the first case now: it runs while the backend is imported and the
+    # model loaded (start-up is paid on every case). A bad file still fails only its case.
+    todo = cases_to_do(cases, args.output, args.skip_existing)
+    first_read = read_ahead(todo[0][1]) if todo else None
+
     from inference.backends import DeviceError
     from inference.plans import PlanError
     from inference.predictor import Predictor
     from inference.weights import WeightsError
 
     try:
-        cases = nifti.shard(nifti.list_cases(args.input), args.num_parts, args.part_id)
-        nifti.check_output_dir(args.output)
+        if first_read is not None and _uses_torch(args):
+            _torch_after_read(first_read)
         predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
-                              args.step, args.batch_size)
+                              args.step, args.batch_size, threads=args.threads)
     except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
         log.error("error: %s", error)
         return 2
-    log.info("start-up %.2f s (imports and model)", time.perf_counter() - START)
+    ready_s = time.perf_counter() - START
+    log.info("start-up %.2f s (imports and model)", ready_s)
     results = predictor.run(cases, args.output, args.skip_existing, args.save_probabilities,
-                            show_progress=not (args.quiet or args.disable_progress_bar))
+                            show_progress=not (args.quiet or args.disable_progress_bar),
+                            first_read=first_read)
     if args.timings_json:
         args.timings_json.write_text(json.dumps(
-            {"startup_s": predictor.startup_s, "device": predictor.device,
+            {"startup_s": predictor.startup_s, "ready_s": ready_s, "device": predictor.device,
              "backend": predictor.backend.name,
              "cases": [{"case": r.case, "error": r.error, **r.timings} for r in results]},
             indent=2) + "\n")
@@ -95,6 +114,31 @@ def main(argv=None) -> int:
     log.info("%d cases written to %s in %.1f s", len(results), args.output,
              time.perf_counter() - START)
     return 0
+
+
+def _uses_torch(args) -> bool:
+    """Whether the predictor will build the torch backend (as ``choose_backend`` decides)."""
+    if args.backend != "auto":
+        return args.backend == "torch"
+    if args.device == "auto":
+        from inference.backends import gpu_count
+
+        return gpu_count() > 0
+    return args.device != "cpu"
+
+
+def _torch_after_read(first_read) -> None:
+    """Import torch while the first case is read, then let the read finish.
+
+    Building the torch model imports torchvision, which writes ``os.environ``; ITK reads
+    the environment while it reads a file, and setenv racing getenv can crash the
+    process. ``import torch`` alone (seconds) writes nothing and hides the read.
+    """
+    from concurrent.futures import wait
+
+    import torch  # noqa: F401
+
+    wait([first_read.future])
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ class Predictor:
 
     def __init__(self, weights: str | Path, device: str = "auto", backend: str = "auto",
                  gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, step: float | None = None,
-                 batch_size: int | None = None, plan: Plan | None = None):
+                 batch_size: int | None = None, plan: Plan | None = None,
+                 threads: int | None = None):
         start = time.perf_counter()
         self.weights = Path(weights)
         self.plan = plan or load_plan(self.weights)
@@ -57,7 +58,7 @@ class Predictor:
         self.device = resolve_device(device)
         name = choose_backend(backend, self.device)
         if name == "onnx":
-            self.backend = OnnxBackend(self.weights, self.device)
+            self.backend = OnnxBackend(self.weights, self.device, threads=threads)
         else:
             fraction = None
             if self.device != "cpu":
@@ -139,20 +140,28 @@ class Predictor:
             self.backend.torch.cuda.empty_cache()
 
     def run(self, cases: list[tuple[str, Path]], output_dir: Path, skip_existing: bool = False,
-            save_probabilities: bool = False, show_progress: bool = True) -> list[CaseResult]:
-        """Predict ``(case_id, path)`` pairs into ``output_dir``; failures are reported, not raised."""
+            save_probabilities: bool = False, show_progress: bool = True,
+            first_read: FirstRead | None = None) -> list[CaseResult]:
+        """Predict ``(case_id, path)`` pairs into ``output_dir``; failures are reported, not raised.
+
+        ``first_read`` is a read already under way (``read_ahead``, started before the
+        model was built); it is used if it reads the first case still to do.
+        """
         from tqdm import tqdm
 
         output_dir = Path(output_dir)
-        todo = [(c, p) for c, p in cases
-                if not (skip_existing and (output_dir / f"{c}.nii.gz").exists())]
+        todo = cases_to_do(cases, output_dir, skip_existing)
         if len(todo) < len(cases):
             log.info("--continue: %d of %d cases already written", len(cases) - len(todo),
                      len(cases))
         results: list[CaseResult] = []
         writes: list[tuple[CaseResult, Future]] = []
         with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
-            pending = reader.submit(_timed_read, todo[0][1]) if todo else None
+            pending = None
+            if todo and first_read is not None and first_read.path == todo[0][1]:
+                pending = first_read.future
+            elif todo:
+                pending = reader.submit(_timed_read, todo[0][1])
             for i, (case, path) in enumerate(tqdm(todo, desc="cases", unit="case",
                                                   disable=not show_progress)):
                 future, pending = pending, None
@@ -190,6 +199,29 @@ class Predictor:
         writes.append((result, writer.submit(_timed_write, mask, probability, grid,
                                              output_dir, case)))
         return result
+
+
+def cases_to_do(cases: list[tuple[str, Path]], output_dir: Path,
+                skip_existing: bool) -> list[tuple[str, Path]]:
+    """The cases ``run`` will predict: all, or with ``--continue`` those not yet written."""
+    return [(c, p) for c, p in cases
+            if not (skip_existing and (Path(output_dir) / f"{c}.nii.gz").exists())]
+
+
+@dataclass
+class FirstRead:
+    """A read started before the predictor exists, so it overlaps imports and model load."""
+
+    path: Path
+    future: Future
+
+
+def read_ahead(path: Path) -> FirstRead:
+    """Start reading ``path`` in a background thread; errors surface when ``run`` uses it."""
+    executor = ThreadPoolExecutor(1, "read-ahead")
+    future = executor.submit(_timed_read, path)
+    executor.shutdown(wait=False)  # the thread ends after this one read
+    return FirstRead(Path(path), future)
 
 
 def _memory_fraction(gpu_memory_mb: float, device: str) -> float:

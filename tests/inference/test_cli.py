@@ -110,6 +110,23 @@ def test_bad_inputs_fail_alone_with_one_line_each(tmp_path, tiny_weights):
     assert "4 of 5 cases failed" in result.stderr
 
 
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_bad_first_case_read_during_start_up_fails_alone(tmp_path, tiny_weights, backend):
+    # The first case is read while the model loads; its error must still be its own line.
+    inputs = tmp_path / "in"
+    write_phantom_case(inputs, "zz_good", 3)
+    (inputs / "aa_empty_0000.nii.gz").write_bytes(b"")
+    out = tmp_path / "out"
+    result = run_cli(inputs, out, tiny_weights, "--backend", backend, "--device", "cpu",
+                     "--timings-json", str(tmp_path / "t.json"))
+    assert result.returncode == 1
+    assert sorted(p.name for p in out.iterdir()) == ["zz_good.nii.gz"]
+    assert sum("aa_empty_0000.nii.gz" in line for line in result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr and "1 of 2 cases failed" in result.stderr
+    timings = json.loads((tmp_path / "t.json").read_text())
+    assert 0 < timings["startup_s"] <= timings["ready_s"]
+
+
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_missing_or_empty_input_folder_is_an_error(tmp_path, tiny_weights, make):
     inputs = tmp_path / "in"
