@@ -179,6 +179,9 @@ def main(argv=None) -> int:
                                 memory_label, base.with_suffix(".png").name, argv))
     failed = [r for r in runs if r.exit_code != 0 or not r.output_ok]
     print(report.markdown_table(rows, _columns(gpu)))
+    fit = report.linear_fit_line(rows)
+    if fit:
+        print(fit)
     print(f"results: {display_path(base)}.csv/.md/.png")
     if failed:
         log.error("%d of %d runs failed: %s", len(failed), len(runs),
@@ -230,6 +233,8 @@ def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label,
         "shows how busy the run kept the machine; wall-clock well above CPU time / cores "
         "means the run waited (I/O, or other jobs on a shared machine).", "",
         report.markdown_table(rows, _columns(gpu)),
+        report.linear_fit_line(rows) + " (the fastest runs above; the fixed part holds "
+        "start-up, the slope the per-slice work)", "",
         f"![time, memory and area against slices, with the paper's]({png})", "",
         "## The paper's Table 4", "", report.paper_markdown(),
     ]

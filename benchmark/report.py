@@ -51,6 +51,40 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def linear_fit(slices: Sequence[float], seconds: Sequence[float]) -> dict:
+    """Least-squares ``seconds = fixed + per_slice * slices`` over the cases.
+
+    Returns the fixed part (s), seconds per 100 slices, the fit's R^2 and the largest
+    residual (s), so a table can say how well a straight line describes the cost.
+    """
+    points = [(float(z), float(t)) for z, t in zip(slices, seconds)
+              if z is not None and t is not None]
+    if len({z for z, _ in points}) < 2:
+        raise ValueError("a linear fit needs cases with at least two different slice counts")
+    n = len(points)
+    mz = sum(z for z, _ in points) / n
+    mt = sum(t for _, t in points) / n
+    szz = sum((z - mz) ** 2 for z, _ in points)
+    slope = sum((z - mz) * (t - mt) for z, t in points) / szz
+    fixed = mt - slope * mz
+    residuals = [t - (fixed + slope * z) for z, t in points]
+    stt = sum((t - mt) ** 2 for _, t in points)
+    r2 = 1 - sum(r * r for r in residuals) / stt if stt > 0 else 1.0
+    return {"fixed_s": fixed, "per_100_slices_s": 100 * slope, "r2": r2,
+            "max_residual_s": max(abs(r) for r in residuals), "cases": n}
+
+
+def linear_fit_line(rows: Sequence[dict], key: str = "time_s") -> str:
+    """One sentence: the fit of ``key`` against ``slices`` over ``rows`` (blank if impossible)."""
+    try:
+        fit = linear_fit([r.get("slices") for r in rows], [r.get(key) for r in rows])
+    except ValueError:
+        return ""
+    return (f"Linear fit over {fit['cases']} cases: time = {fit['fixed_s']:.2f} s + "
+            f"{fit['per_100_slices_s']:.2f} s per 100 slices (R^2 {fit['r2']:.3f}, largest "
+            f"residual {fit['max_residual_s']:.2f} s)")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

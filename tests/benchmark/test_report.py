@@ -41,3 +41,25 @@ def test_paper_table_keeps_only_known_areas():
 def test_plot_writes_a_png(tmp_path):
     path = report.plot_table4(ROWS, tmp_path / "p.png", "title", "CPU RSS")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_linear_fit_recovers_fixed_part_and_slope():
+    slices = [55, 100, 150, 215, 334, 448, 499, 554]
+    times = [0.8 + 0.045 * z for z in slices]
+    fit = report.linear_fit(slices, times)
+    assert abs(fit["fixed_s"] - 0.8) < 1e-9
+    assert abs(fit["per_100_slices_s"] - 4.5) < 1e-9
+    assert abs(fit["r2"] - 1) < 1e-12 and fit["max_residual_s"] < 1e-9 and fit["cases"] == 8
+
+
+def test_linear_fit_reports_misfit_and_refuses_one_size():
+    fit = report.linear_fit([100, 200, 300], [2.0, 3.0, 5.0])
+    assert fit["r2"] < 1 and abs(fit["max_residual_s"] - 1 / 3) < 1e-9
+    line = report.linear_fit_line([{"slices": 100, "time_s": 2.0}, {"slices": 200, "time_s": 3.0},
+                                   {"slices": 300, "time_s": 5.0}])
+    assert line.startswith("Linear fit over 3 cases: time = 0.33 s + 1.50 s per 100 slices")
+    import pytest
+
+    with pytest.raises(ValueError):
+        report.linear_fit([100, 100], [1.0, 2.0])
+    assert report.linear_fit_line([{"slices": 100, "time_s": 1.0}]) == ""
