@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="fresh runs per case; the table shows the fastest, the CSV also the "
                         "median (default 1, as the organisers run)")
+    p.add_argument("--predict-args", default="", metavar="ARGS",
+                   help="more options for predict.sh, e.g. \"--torch-mode branches/half\"")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the unrecorded first run that warms the file cache")
     p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
         return 2
     gpu = sampler is not RssTreeSampler
     run_options = dict(docker=args.docker, weights=args.weights, backend=args.backend,
-                       device=args.device, gpu_index=args.gpu_index, timeout=args.timeout)
+                       device=args.device, gpu_index=args.gpu_index, timeout=args.timeout,
+                       extra=shlex.split(args.predict_args))
 
     if not args.no_warmup:
         log.info("warm-up run (not recorded): %s", cases[0].name)

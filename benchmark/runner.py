@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import SimpleITK as sitk
 
@@ -107,7 +108,8 @@ def case_id(path: Path) -> str:
 
 
 def local_command(timings_json: Path | None, weights: Path | None = None,
-                  backend: str | None = None, device: str | None = None) -> list[str]:
+                  backend: str | None = None, device: str | None = None,
+                  extra: Sequence[str] = ()) -> list[str]:
     """``sh predict.sh`` with the benchmark's extra options (predict.sh passes them on)."""
     cmd = ["sh", str(PREDICT_SH)]
     if timings_json is not None:
@@ -118,7 +120,7 @@ def local_command(timings_json: Path | None, weights: Path | None = None,
         cmd += ["--backend", backend]
     if device:
         cmd += ["--device", device]
-    return cmd
+    return cmd + list(extra)
 
 
 def docker_command(image: str, inputs: Path, outputs: Path, gpu_index: int = 0) -> list[str]:
@@ -149,7 +151,8 @@ def _output_ok(path: Path, size_xyz) -> bool:
 
 def run_case(path: str | Path, *, docker: str | None = None, weights: Path | None = None,
              backend: str | None = None, device: str | None = None, gpu_index: int = 0,
-             sampler=None, timeout: float | None = None, workdir: Path | None = None) -> CaseRun:
+             sampler=None, timeout: float | None = None, workdir: Path | None = None,
+             extra: Sequence[str] = ()) -> CaseRun:
     """One fresh run of one case (local ``sh predict.sh`` or the organisers' ``docker run``)."""
     path = Path(path)
     case = case_id(path)
@@ -166,7 +169,7 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
         if docker:
             cmd, env = docker_command(docker, inputs, outputs, gpu_index), None
         else:
-            cmd = local_command(timings_json, weights, backend, device)
+            cmd = local_command(timings_json, weights, backend, device, extra)
             env = {**os.environ, "INPUT_DIR": str(inputs), "OUTPUT_DIR": str(outputs)}
         log_path = ws / "run.log"
         poller = MemoryPoller(sampler).start()

@@ -12,6 +12,7 @@ is the interpreter's share. Writes ``stages_<machine>_<date>_<tag>.md`` and ``.j
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import logging
 import subprocess
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--gpu-index", type=int, default=0)
     p.add_argument("--tag", default=None, help="file-name tag (default <preset>-<backend>)")
+    p.add_argument("--predict-args", default="", metavar="ARGS",
+                   help="more options for predict.sh, e.g. \"--torch-mode branches/half\"")
     p.add_argument("--no-warmup", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
         return 2
     gpu = sampler is not RssTreeSampler
     options = dict(weights=args.weights, backend=args.backend, device=args.device,
-                   gpu_index=args.gpu_index)
+                   gpu_index=args.gpu_index,
+                   extra=shlex.split(args.predict_args))
 
     if not args.no_warmup:
         log.info("warm-up run (not recorded)")

@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tile step as a fraction of the patch (default: the plan's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: from the memory budget)")
+    p.add_argument("--torch-mode", default="grouped/autocast", metavar="FORM/PRECISION[/graph]",
+                   help="torch backend on a GPU: dynamic-conv form, precision and CUDA-graph "
+                        "replay (default grouped/autocast; see benchmark.network_modes)")
     p.add_argument("--threads", type=int, default=None,
                    help="onnxruntime CPU threads (default: onnxruntime's own choice)")
     p.add_argument("--continue", dest="skip_existing", action="store_true",
@@ -91,7 +94,8 @@ def main(argv=None) -> int:
         if first_read is not None and _uses_torch(args):
             _torch_after_read(first_read)
         predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
-                              args.step, args.batch_size, threads=args.threads)
+                              args.step, args.batch_size, torch_mode=args.torch_mode,
+                              threads=args.threads)
     except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
         log.error("error: %s", error)
         return 2

@@ -108,20 +108,37 @@ class OnnxBackend:
         return self.session.run(None, {self.input_name: tiles})[0][:n]
 
 
+TORCH_MODES = ("grouped/autocast", "grouped/half", "branches/autocast", "branches/half",
+               "grouped/fp32", "branches/fp32")
+DEFAULT_TORCH_MODE = "grouped/autocast"
+
+
 class TorchBackend:
-    """The torch state dict on CUDA (fp16 autocast) or the CPU."""
+    """The torch state dict on CUDA (fp16) or the CPU.
+
+    ``mode`` is ``FORM/PRECISION[/graph]``: the dynamic-convolution form (``grouped`` or
+    ``branches``, the same function), the precision on CUDA (``autocast``: fp16 with
+    instance norm and softmax in fp32; ``half``: everything fp16; ``fp32``), and with
+    ``/graph`` each batch shape is captured once as a CUDA graph and replayed, which
+    saves the launch cost of the network's many small kernels.
+    ``python -m benchmark.network_modes`` measures them. On CUDA, a batch smaller than the
+    largest seen is padded up to it, so every call has one shape (cuDNN's autotuning and
+    graph capture then happen once).
+    """
 
     name = "torch"
 
     def __init__(self, folder, plan: Plan, device: str = "cpu", fp16: bool = True,
-                 memory_fraction: float | None = None):
+                 memory_fraction: float | None = None, mode: str = DEFAULT_TORCH_MODE):
         import torch
 
         from inference.model import LesionProbability, build_model
 
+        form, precision, graph = _parse_mode(mode)
         self.torch = torch
         self.device = torch.device(device)
-        if self.device.type == "cuda":
+        cuda = self.device.type == "cuda"
+        if cuda:
             torch.cuda.set_device(self.device)
             if memory_fraction is not None:
                 torch.cuda.set_per_process_memory_fraction(memory_fraction, self.device)
@@ -131,18 +148,73 @@ class TorchBackend:
         network = build_model(plan.preset, patch_size=tuple(plan.patch_size),
                               in_channels=plan.context_slices)
         network.load_state_dict(state)
-        self.model = LesionProbability(network).eval().to(self.device)
-        self.fp16 = fp16 and self.device.type == "cuda"
-        self.oom_errors = (torch.cuda.OutOfMemoryError,) if self.device.type == "cuda" else ()
-        self.provider = f"torch {torch.__version__} on {self.device}" + (" fp16" if self.fp16 else "")
+        network.set_dynamic_form(form)
+        self.fp16 = fp16 and cuda and precision != "fp32"
+        self.half = self.fp16 and precision == "half"
+        model = LesionProbability(network).eval().to(self.device)
+        self.model = model.half() if self.half else model
+        self.graphs = {} if graph and cuda else None
+        self.widest = 0
+        self.oom_errors = (torch.cuda.OutOfMemoryError,) if cuda else ()
+        self.provider = f"torch {torch.__version__} on {self.device}, {form}" + (
+            (" fp16" + (" (half)" if self.half else "")) if self.fp16 else "") + (
+            ", CUDA graphs" if self.graphs is not None else "")
         self.batch_size = 8
 
     def prepare(self, volume: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(self.device)
+        dtype = self.torch.float16 if self.half else self.torch.float32
+        return self.torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(
+            self.device).to(dtype)
 
-    def __call__(self, tiles):
+    def _forward(self, tiles):
         torch = self.torch
         with torch.inference_mode(), torch.autocast(self.device.type, torch.float16,
-                                                    enabled=self.fp16):
+                                                    enabled=self.fp16 and not self.half):
             return self.model(tiles).float()
 
+    def __call__(self, tiles):
+        if self.device.type != "cuda":
+            return self._forward(tiles)
+        n = tiles.shape[0]
+        if n > self.widest:
+            self.widest = n
+        if n < self.widest:  # one shape for every call
+            pad = tiles.new_zeros((self.widest - n, *tiles.shape[1:]))
+            tiles = self.torch.cat([tiles, pad])
+        try:
+            out = self._forward(tiles) if self.graphs is None else self._replay(tiles)
+        except self.oom_errors:
+            self.widest, self.graphs = 0, None if self.graphs is None else {}
+            raise
+        return out[:n]
+
+    def _replay(self, tiles):
+        torch = self.torch
+        key = tuple(tiles.shape)
+        if key not in self.graphs:
+            static = tiles.clone()
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up off the default stream, as capture requires
+                    self._forward(static)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = self._forward(static)
+            self.graphs[key] = (graph, static, output)
+        graph, static, output = self.graphs[key]
+        static.copy_(tiles)
+        graph.replay()
+        return output.clone()
+
+
+def _parse_mode(mode: str) -> tuple[str, str, bool]:
+    parts = mode.split("/")
+    graph = parts[-1] == "graph"
+    if graph:
+        parts = parts[:-1]
+    if "/".join(parts) not in TORCH_MODES:
+        raise DeviceError(f"torch mode must be FORM/PRECISION[/graph], one of "
+                          f"{', '.join(TORCH_MODES)}; got {mode!r}")
+    return parts[0], parts[1], graph

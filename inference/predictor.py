@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from inference import nifti
-from inference.backends import OnnxBackend, TorchBackend, choose_backend, resolve_device
+from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
+                                resolve_device)
 from inference.plans import Plan
 from inference.postprocess import remove_components
 from inference.preprocess import pad_value, preprocess, restore, restore_probability
@@ -48,7 +49,7 @@ class Predictor:
     def __init__(self, weights: str | Path, device: str = "auto", backend: str = "auto",
                  gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, step: float | None = None,
                  batch_size: int | None = None, plan: Plan | None = None,
-                 threads: int | None = None):
+                 torch_mode: str = DEFAULT_TORCH_MODE, threads: int | None = None):
         start = time.perf_counter()
         self.weights = Path(weights)
         self.plan = plan or load_plan(self.weights)
@@ -64,7 +65,7 @@ class Predictor:
             if self.device != "cpu":
                 fraction = _memory_fraction(gpu_memory_mb, self.device)
             self.backend = TorchBackend(self.weights, self.plan, self.device,
-                                        memory_fraction=fraction)
+                                        memory_fraction=fraction, mode=torch_mode)
         self.gpu_memory_mb = gpu_memory_mb
         self.batch_size = batch_size or self._batch_size(gpu_memory_mb)
         self.startup_s = time.perf_counter() - start

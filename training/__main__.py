@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="fast", help="network preset (default fast)")
     p.add_argument("--patch", type=int, nargs=2, default=(192, 192), metavar=("Y", "X"))
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--smoothing", action="store_true",
+                   help="box-average over the downsampling factor before resampling "
+                        "(anti-aliasing: less noise at network resolution)")
     _common(p)
 
     p = sub.add_parser("preprocess", help="dataset -> memory-mappable training cache")
@@ -66,7 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anneal-epochs", type=int, default=10,
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
     p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augmentation", choices=("nnunet", "light", "none"),
+                   default="nnunet",
+                   help="nnunet: nnU-Net's 2D ranges (rotation to 180 degrees, scaling "
+                        "0.7-1.4); light: CT-sized ranges for short runs (rotation 15 "
+                        "degrees, scaling 0.85-1.25, milder intensity); none")
+    p.add_argument("--no-augment", action="store_true", help="same as --augmentation none")
     p.add_argument("--init-weights", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fresh optimiser and schedule)")
     p.add_argument("--lesion-prior", type=float, default=0.01,
@@ -133,7 +141,7 @@ def main(argv=None) -> int:
             from training.planning import run_plan
 
             run_plan(args.dataset, args.output, args.target_spacing, args.preset,
-                     tuple(args.patch), args.batch_size, progress)
+                     tuple(args.patch), args.batch_size, progress, args.smoothing)
         elif args.stage == "preprocess":
             from training.preprocessing import run_preprocess
 

@@ -34,6 +34,11 @@ class AugmentConfig:
 
 
 NO_AUGMENT = AugmentConfig(0, 0, 0, (1, 1), 0, 0, (1, 1), 0, (1, 1), 0, (1, 1), 0, (0, 0))
+# CT-sized ranges for short runs: patients lie on their back, so large rotations only
+# teach poses the scanner never shows, and a small network learns slower under them.
+LIGHT = AugmentConfig(rotation_deg=15.0, scale=(0.85, 1.25), brightness=(0.9, 1.1),
+                      contrast=(0.9, 1.1), gamma=(0.8, 1.25), noise_variance=(0.0, 0.05))
+AUGMENTATIONS = {"nnunet": AugmentConfig(), "light": LIGHT, "none": None}
 
 
 def _uniform(n, low, high, generator, device):

@@ -138,7 +138,7 @@ def summarise(cases: list[dict]) -> dict:
 
 
 def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 192),
-              batch_size: int = 4, context_slices: int = 3) -> Plan:
+              batch_size: int = 4, context_slices: int = 3, smoothing: bool = False) -> Plan:
     """The plan from a fingerprint (see the module docstring for each default)."""
     if target_spacing is None:
         sx, sy, sz = fp["median_spacing"]
@@ -160,13 +160,13 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
     return Plan(target_spacing=tuple(float(v) for v in target_spacing),
                 patch_size=tuple(config.patch_size), context_slices=context_slices,
                 preset=preset, batch_size=batch_size, normalization=norm,
-                postprocessing=post).validate("plan")
+                postprocessing=post, smoothing=smoothing).validate("plan")
 
 
 def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),
-             batch_size=4, progress=True) -> Plan:
+             batch_size=4, progress=True, smoothing=False) -> Plan:
     fp = fingerprint(dataset, progress=progress)
-    plan = make_plan(fp, target_spacing, preset, patch, batch_size)
+    plan = make_plan(fp, target_spacing, preset, patch, batch_size, smoothing=smoothing)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fp_path = output.parent / FINGERPRINT

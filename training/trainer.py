@@ -32,7 +32,7 @@ from tqdm import tqdm
 from inference.model import build_model
 from inference.plans import Plan
 from inference.preprocess import pad_value
-from training.augment import AugmentConfig, augment
+from training.augment import AUGMENTATIONS, augment
 from training.loss import DeepSupervisionLoss
 from training.preprocessing import cached_cases
 from training.reporting import add_log_file, plot_curves, write_csv
@@ -185,7 +185,7 @@ def train(args) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin)
-    aug = AugmentConfig() if not args.no_augment else None
+    aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
     anneal_steps = args.anneal_epochs * args.iterations
     generator = torch.Generator(device=device)
     if main:

@@ -69,3 +69,12 @@ def test_stage_breakdown_adds_up_to_the_wall_clock(tiny_case_dir, tiny_weights, 
     total = data["breakdown"][-1]["seconds"]
     assert abs(sum(p["seconds"] for p in parts) - total) < 1e-6
     assert all(p["seconds"] >= 0 for p in parts)
+
+
+def test_predict_args_reach_predict_sh_after_the_benchmark_options():
+    from benchmark.runner import PREDICT_SH, local_command
+
+    cmd = local_command(None, None, "torch", "cuda", ["--torch-mode", "branches/half"])
+    assert cmd[:2] == ["sh", str(PREDICT_SH)]
+    assert cmd[2:] == ["--backend", "torch", "--device", "cuda", "--torch-mode", "branches/half"]
+

@@ -1,0 +1,45 @@
+"""The torch backend's execution modes: the same function in every form, bad modes refused."""
+
+import numpy as np
+import pytest
+import torch
+
+from inference.backends import DeviceError, TorchBackend
+from inference.weights import load_plan
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("mode", ["grouped/autocast", "branches/autocast", "branches/fp32",
+                                  "grouped/half/graph"])
+def test_every_mode_gives_the_same_probabilities(tiny_weights, tiles, mode):
+    plan = load_plan(tiny_weights)
+    reference = TorchBackend(tiny_weights, plan, "cpu", mode="grouped/fp32")(tiles)
+    backend = TorchBackend(tiny_weights, plan, "cpu", mode=mode)
+    out = backend(tiles)
+    assert out.shape == (3, 64, 64) and out.dtype == torch.float32
+    # on the CPU every precision runs in fp32: only the form differs, and it is exact
+    np.testing.assert_allclose(out.numpy(), reference.numpy(), atol=1e-5)
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+@pytest.mark.parametrize("mode", ["grouped", "grouped/bf16", "dense/fp32", "grouped/fp32/x"])
+def test_unknown_modes_are_refused_in_one_line(tiny_weights, mode):
+    with pytest.raises(DeviceError, match="FORM/PRECISION"):
+        TorchBackend(tiny_weights, load_plan(tiny_weights), "cpu", mode=mode)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("mode", ["grouped/autocast", "branches/half/graph"])
+def test_cuda_modes_agree_with_fp32_and_pad_small_batches(tiny_weights, tiles, mode):
+    plan = load_plan(tiny_weights)
+    reference = TorchBackend(tiny_weights, plan, "cuda", mode="grouped/fp32")(tiles.cuda())
+    backend = TorchBackend(tiny_weights, plan, "cuda", mode=mode)
+    full = backend(tiles.cuda())
+    part = backend(tiles[:2].cuda())  # padded up to the first call's batch of 3
+    assert part.shape == (2, 64, 64)
+    assert float((full - reference).abs().max()) < 1e-2
+    assert float((part - full[:2]).abs().max()) < 1e-2
