@@ -162,12 +162,13 @@ class TorchBackend:
         self.batch_size = 8
 
     def prepare(self, volume: np.ndarray):
-        dtype = self.torch.float16 if self.half else self.torch.float32
         return self.torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(
-            self.device).to(dtype)
+            self.device)
 
     def _forward(self, tiles):
         torch = self.torch
+        if self.half:
+            tiles = tiles.half()
         with torch.inference_mode(), torch.autocast(self.device.type, torch.float16,
                                                     enabled=self.fp16 and not self.half):
             return self.model(tiles).float()

@@ -13,8 +13,10 @@ Run ``python -m inference.model`` for the preset table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
+import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -225,15 +227,46 @@ class CBAM(nn.Module):
         return x * channel * spatial
 
 
+def sam_image_encoder() -> type:
+    """segment_anything's ``ImageEncoderViT`` class, without importing torchvision.
+
+    ``import segment_anything`` runs the package's ``__init__``, which imports its
+    predictor and mask generator and through them torchvision: 0.5-3 s of start-up on
+    every case the container runs, for code inference never calls. The encoder's own
+    module needs only torch, so it is loaded with its two packages standing in as bare
+    namespaces; they are then dropped, so a later full ``import segment_anything``
+    runs normally and finds this same module (and class) in ``sys.modules``.
+    """
+    name = "segment_anything.modeling.image_encoder"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec("segment_anything")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelConfigError("the SAM branch needs the segment-anything package "
+                                   "(pip install segment-anything)")
+        root = list(spec.submodule_search_locations)
+        stand_ins = {"segment_anything": root,
+                     "segment_anything.modeling": [str(Path(root[0]) / "modeling")]}
+        added = []
+        for package, path in stand_ins.items():
+            if package not in sys.modules:
+                module = types.ModuleType(package)
+                module.__path__ = path
+                sys.modules[package] = module
+                added.append(package)
+        try:
+            importlib.import_module(name)
+        finally:
+            for package in added:
+                del sys.modules[package]
+    return sys.modules[name].ImageEncoderViT
+
+
 class SamBranch(nn.Module):
     """SAM's ViT image encoder on the patch resized to its image size."""
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
-        # Imported here: segment_anything imports torchvision, which only the torch
-        # backend and training need.
-        from segment_anything.modeling import ImageEncoderViT
-
+        ImageEncoderViT = sam_image_encoder()
         self.image_size = config.sam_image_size
         self.encoder = ImageEncoderViT(
             img_size=config.sam_image_size, patch_size=config.sam_patch_size,

@@ -85,6 +85,33 @@ def box_smooth(a, widths):
     return a
 
 
+def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = 32):
+    """Smooth and resize on the device without ever holding the full-resolution crop there.
+
+    Slabs of slices go up one at a time and are smoothed and resized in plane; the
+    smaller result is then smoothed and resized along z. Both operations are separable,
+    so this equals doing them on the whole crop at once (the largest case's crop is
+    over 500 MB in float32; its slabs take about 30 MB each).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    parts = []
+    for z0 in range(0, crop.shape[0], slab):
+        part = to_device(crop[z0:z0 + slab]).float()
+        if widths:
+            part = box_smooth(part, (1, widths[1], widths[2]))
+        if tuple(part.shape[1:]) != tuple(shape[1:]):
+            part = F.interpolate(part[:, None], size=tuple(shape[1:]), mode="bilinear",
+                                 align_corners=False)[:, 0]
+        parts.append(part)
+    a = torch.cat(parts)
+    del parts
+    if widths:
+        a = box_smooth(a, (widths[0], 1, 1))
+    return resize_linear(a, shape)
+
+
 def _resize(a, shape):
     if isinstance(a, np.ndarray):
         return resize_linear(a, shape)
@@ -103,11 +130,17 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
     box = body_box(oriented, plan.body_threshold_hu)
     if box is None:
         return Prepared(None, None, reorientation, oriented.shape, None, spacing)
-    crop = to_device(oriented[box])
+    crop = oriented[box]
     shape = network_shape(crop.shape, spacing, plan.target_spacing[::-1])
-    if plan.smoothing:
-        crop = box_smooth(crop, smoothing_widths(spacing, plan.target_spacing[::-1]))
-    resampled = _resize(crop, shape)
+    widths = smoothing_widths(spacing, plan.target_spacing[::-1]) if plan.smoothing else None
+    probe = to_device(np.zeros((1, 1, 1), np.float32))  # numpy or torch?
+    if isinstance(probe, np.ndarray):
+        crop = to_device(crop)
+        if widths:
+            crop = box_smooth(crop, widths)
+        resampled = _resize(crop, shape)
+    else:
+        resampled = _resize_in_slabs(crop, shape, widths, to_device)
     del crop
     body = resampled > plan.body_threshold_hu
     body = body if isinstance(body, np.ndarray) else body.cpu().numpy()

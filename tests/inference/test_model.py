@@ -196,3 +196,25 @@ def test_preset_table_cli():
     assert set(rows) == set(PRESETS)
     assert rows["paper"][-1] == "3x192x192"
     assert 70 < float(rows["paper"][1]) < 78
+
+
+def test_sam_branch_loads_without_torchvision_and_stays_compatible():
+    """Building a model must not import torchvision (seconds of container start-up); a
+    later full ``import segment_anything`` still works and shares the encoder class."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from inference.model import build_model\n"
+        "build_model('tiny')\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+        "assert 'segment_anything' not in sys.modules, 'stand-in package left behind'\n"
+        "import segment_anything\n"
+        "from segment_anything.modeling import ImageEncoderViT\n"
+        "from inference.model import sam_image_encoder\n"
+        "assert ImageEncoderViT is sam_image_encoder()\n"
+        "assert hasattr(segment_anything, 'sam_model_registry')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

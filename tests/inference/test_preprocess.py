@@ -97,14 +97,25 @@ def test_restore_puts_the_decision_back_on_the_input_grid(direction, device):
     assert dice > 0.85
 
 
-def test_numpy_and_torch_preprocessing_agree():
+@pytest.mark.parametrize("smoothing", [False, True])
+@pytest.mark.parametrize("slices", [1, 3])
+def test_numpy_and_torch_preprocessing_agree(smoothing, slices):
+    """The torch path resizes slab by slab (in plane, then along z): same result as numpy."""
     array, _, spacing, direction = make_case(tuple(np.diag([-1.0, -1.0, 1.0]).ravel()))
-    a = preprocess(array, spacing, direction, PLAN)
-    b = preprocess(array, spacing, direction, PLAN, lambda x: torch.from_numpy(
-        np.ascontiguousarray(x)))
+    array = np.concatenate([array] * slices)  # 3x: several 32-slice slabs
+    plan = Plan.from_dict({**PLAN.to_dict(), "smoothing": smoothing})
+    a = preprocess(array, spacing, direction, plan)
+    uploads = []
+
+    def to_device(x):
+        uploads.append(x.shape[0])
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    b = preprocess(array, spacing, direction, plan, to_device)
     np.testing.assert_allclose(a.volume, b.volume.numpy(), atol=1e-4)
     assert np.array_equal(a.body, b.body) and a.box == b.box
     assert a.spacing_zyx == pytest.approx((4.0, 2.0, 2.0), rel=0.05)
+    assert max(uploads) <= 32  # the device never held the whole crop
 
 
 def test_nothing_kept_gives_an_exactly_empty_mask():
