@@ -52,27 +52,27 @@ step 120 untrained-prior python3 -m benchmark.untrained -o "$WP" --preset "$PRES
     --lesion-prior 0.01
 wait
 ls -la "$T4"
+LARGEST="$T4/table4_z$(echo "$SIZES" | tr ' ' '\n' | sort -n | tail -1 | xargs printf %03d)_0000.nii.gz"
+# shellcheck disable=SC2086 # ${4:-}: an optional flag, absent when empty
+stages() {  # stages TAG WEIGHTS PREDICT_ARGS [--no-warmup]
+    step 90 "stages $1 $3" python3 -m benchmark.stages -i "$LARGEST" --weights "$2" \
+        --device "$DEVICE" --backend torch --tag "$1" -o "$RES" --predict-args "$3" ${4:-}
+}
+stages "$PRESET-torch" "$W" ""
+stages "$PRESET-torch-prior" "$WP" "" --no-warmup
+stages "$PRESET-torch-prior-1200" "$WP" "--gpu-memory-mb 1200" --no-warmup
+stages "$PRESET-torch-prior-1200-branches-half-graph" "$WP" \
+    "--gpu-memory-mb 1200 --torch-mode branches/half/graph" --no-warmup
+stages "$PRESET-torch-prior-1200-grouped-autocast-graph" "$WP" \
+    "--gpu-memory-mb 1200 --torch-mode grouped/autocast/graph" --no-warmup
 # shellcheck disable=SC2086 # BATCHES and SIZES are word lists
 step 120 network-modes python3 -m benchmark.network_modes --preset "$PRESET" --device "$DEVICE" \
     --batches $BATCHES -o "$RES"
-LARGEST="$T4/table4_z$(echo "$SIZES" | tr ' ' '\n' | sort -n | tail -1 | xargs printf %03d)_0000.nii.gz"
-stages() {  # stages TAG WEIGHTS PREDICT_ARGS
-    step 90 "stages $1 $3" python3 -m benchmark.stages -i "$LARGEST" --weights "$2" \
-        --device "$DEVICE" --backend torch --tag "$1" -o "$RES" --predict-args "$3"
-}
-stages "$PRESET-torch" "$W" ""
-stages "$PRESET-torch-prior" "$WP" ""
-stages "$PRESET-torch-prior-1200" "$WP" "--gpu-memory-mb 1200"
-stages "$PRESET-torch-prior-1200-branches-half-graph" "$WP" \
-    "--gpu-memory-mb 1200 --torch-mode branches/half/graph"
-stages "$PRESET-torch-prior-1200-grouped-autocast-graph" "$WP" \
-    "--gpu-memory-mb 1200 --torch-mode grouped/autocast/graph"
 profile() {  # profile TAG PREDICT_ARGS
     # shellcheck disable=SC2086
     step 150 "profile $1" python3 -m benchmark.profile -i "$T4" --sizes $SIZES --weights "$WP" \
         --device "$DEVICE" --backend torch --tag "$1" -o "$RES" --predict-args "$2"
 }
-profile "$PRESET-torch-prior" ""
 profile "$PRESET-torch-prior-1200" "--gpu-memory-mb 1200"
 step 90 engines python3 -m benchmark.engines --preset "$PRESET" --device "$DEVICE" -o "$RES"
 # fp16 against fp32 on the same cases: the same masks? (the untrained network marks much,
@@ -89,3 +89,4 @@ for mode in grouped_autocast branches_half_graph; do
     step 60 "agreement $mode vs fp32" python3 -m benchmark.evaluate --pred "$WORK/masks_$mode" \
         --gt "$WORK/masks_grouped_fp32" --csv "$RES/agreement_${mode}_vs_fp32.csv"
 done
+profile "$PRESET-torch-prior" ""

@@ -94,8 +94,14 @@ def measure(preset: str, device: str, batches, rounds: int, iterations: int, see
                     if cuda:
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats(device)
-                    runner = Runner(network, form, precision, graph, batch, device)
-                    out = runner().float().cpu()
+                    try:
+                        runner = Runner(network, form, precision, graph, batch, device)
+                        out = runner().float().cpu()
+                    except Exception as error:  # noqa: BLE001 - one mode failing is a result
+                        rows.append({"batch": batch_size, "mode": f"{form}/{precision}" + (
+                            "/graph" if graph else ""), "error": f"{type(error).__name__}: "
+                                                              f"{str(error)[:200]}"})
+                        continue
                     reference = out if reference is None else reference
                     runners.append((runner, float((out - reference).abs().max())))
         best = {r.name: float("inf") for r, _ in runners}
@@ -128,12 +134,13 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     rows = measure(args.preset, args.device, args.batches, args.rounds, args.iterations)
-    ok = [r for r in rows if r["max_abs_diff"] <= AGREEMENT]
+    ok = [r for r in rows if r.get("max_abs_diff", 1.0) <= AGREEMENT]
     fastest = min(ok, key=lambda r: r["ms_per_tile"])
     stamp = machine.stamp()
     table = markdown_table(rows, [("batch", "batch", None), ("mode", "mode", None),
                                   ("ms_per_tile", "ms per tile", ".3f"),
-                                  ("max_abs_diff", "max abs diff vs fp32", ".1e")])
+                                  ("max_abs_diff", "max abs diff vs fp32", ".1e"),
+                                  ("error", "error", None)])
     text = (f"# Network execution modes, `{args.preset}` preset, {args.device}\n\n"
             f"- machine: {machine.describe(stamp)}\n- command: `python -m benchmark.network_modes "
             f"{' '.join(argv or [])}`\n- fastest within {AGREEMENT} of fp32: "
