@@ -24,7 +24,7 @@ if [ -n "$WHEELS" ]; then
         --target "$WORK/site" "$WHEELS"/*.whl || exit 1
     export PYTHONPATH="$WORK/site:$PWD"
 else
-    export PYTHONPATH="$PWD"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 step() {  # step SECONDS NAME COMMAND...

@@ -41,7 +41,7 @@ def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (said in one line)."""
     if requested == "auto":
         if gpu_count() > 0:
-            return "cuda"
+            return "cuda:0"
         log.warning("No GPU detected. Running on the CPU; this is slower.")
         return "cpu"
     if requested == "cpu":
@@ -51,7 +51,7 @@ def resolve_device(requested: str) -> str:
         if index >= gpu_count():
             raise DeviceError(f"--device {requested}: no such GPU is visible "
                               f"({gpu_count()} found)")
-        return requested
+        return f"cuda:{index}"
     raise DeviceError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
 
 
@@ -138,6 +138,8 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
+        if cuda and self.device.index is None:  # set_device needs an index
+            self.device = torch.device("cuda", 0)
         if cuda:
             torch.cuda.set_device(self.device)
             if memory_fraction is not None:
@@ -201,8 +203,13 @@ class TorchBackend:
                     self._forward(static)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                output = self._forward(static)
+            try:
+                with torch.cuda.graph(graph):
+                    output = self._forward(static)
+            except RuntimeError as error:  # a capture failure costs speed, not the case
+                log.warning("CUDA graph capture failed (%s); running without graphs", error)
+                self.graphs = None
+                return self._forward(tiles)
             self.graphs[key] = (graph, static, output)
         graph, static, output = self.graphs[key]
         static.copy_(tiles)

@@ -88,8 +88,8 @@ def _setup_distributed(device_arg: str):
         device_arg = "cuda" if torch.cuda.is_available() else "cpu"
     if device_arg.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError("--device cuda: no GPU is visible to torch")
-    if device_arg == "cuda" and world > 1:
-        device_arg = f"cuda:{local}"
+    if device_arg == "cuda":  # torch.cuda.set_device needs an index
+        device_arg = f"cuda:{local if world > 1 else 0}"
     device = torch.device(device_arg)
     if device.type == "cuda":
         torch.cuda.set_device(device)
