@@ -66,10 +66,9 @@ def test_backends_agree(inputs, tmp_path, tiny_weights):
 
 
 def test_onnx_path_never_imports_torch(inputs, tmp_path, tiny_weights):
-    code = ("import sys, runpy; sys.argv = ['inference', '-i', sys.argv[1], '-o', sys.argv[2], "
-            "'--weights', sys.argv[3], '--backend', 'onnx', '--device', 'auto', '--quiet'];\n"
-            "try:\n    runpy.run_module('inference', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+    code = ("import sys; from inference.__main__ import main\n"
+            "assert main(['-i', sys.argv[1], '-o', sys.argv[2], '--weights', sys.argv[3], "
+            "'--backend', 'onnx', '--device', 'auto', '--quiet']) == 0\n"
             "print('torch' in sys.modules, 'torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(inputs), str(tmp_path),
                           str(tiny_weights)], cwd=ROOT, capture_output=True, text=True)
