@@ -15,6 +15,7 @@ the same random batch. The fastest mode within 1e-2 of fp32 is named at the end.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ class Runner:
     def __init__(self, network, form: str, precision: str, graph: bool, batch, device):
         self.name = f"{form}/{precision}" + ("/graph" if graph else "")
         self.device = torch.device(device)
+        network = copy.deepcopy(network)  # .half() converts in place: each mode its own copy
         network.set_dynamic_form(form)
         model = LesionProbability(network).eval().to(self.device)
         self.half = precision == "half"
