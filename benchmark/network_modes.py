@@ -82,8 +82,7 @@ def measure(preset: str, device: str, batches, rounds: int, iterations: int, see
     network = build_model(preset).eval()
     network.set_temperature(1.0)
     cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = False  # as the container runs (one case per process)
     rows = []
     for batch_size in batches:
         batch = torch.randn(batch_size, network.config.in_channels, *network.config.patch_size)
