@@ -93,39 +93,47 @@ def box_smooth(a, widths):
 
 
 def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = 32):
-    """Smooth and resize on the device without ever holding the full-resolution crop there.
+    """Smooth and resize without ever holding the full-resolution crop as float32.
 
-    Slabs of slices go up one at a time and are smoothed and resized in plane; the
-    smaller result is then smoothed and resized along z. Both operations are separable,
-    so this equals doing them on the whole crop at once (the largest case's crop is
-    over 500 MB in float32; its slabs take about 30 MB each).
+    Slabs of slices are converted (and sent to the device) one at a time, smoothed and
+    resized in plane; the smaller result is then smoothed and resized along z. Both
+    operations are separable, so this equals doing them on the whole crop at once. The
+    largest case's crop is over 500 MB in float32; its slabs take about 30 MB each, which
+    also spares a fresh process most of its page faults (preprocessing 554 slices on the
+    CPU: 2.0 s with the whole crop, first call).
     """
-    import torch
-    import torch.nn.functional as F
-
     parts = []
     for z0 in range(0, crop.shape[0], slab):
-        part = to_device(crop[z0:z0 + slab]).float()
+        part = to_device(crop[z0:z0 + slab])
+        if isinstance(part, np.ndarray):
+            part = np.asarray(part, np.float32)
+        else:
+            part = part.float()
         if widths:
             part = box_smooth(part, (1, widths[1], widths[2]))
         if tuple(part.shape[1:]) != tuple(shape[1:]):
-            part = F.interpolate(part[:, None], size=tuple(shape[1:]), mode="bilinear",
-                                 align_corners=False)[:, 0]
+            part = _resize_plane(part, shape[1:])
         parts.append(part)
-    a = torch.cat(parts)
+    if isinstance(parts[0], np.ndarray):
+        a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    else:
+        import torch
+
+        a = torch.cat(parts)
     del parts
     if widths:
         a = box_smooth(a, (widths[0], 1, 1))
     return resize_linear(a, shape)
 
 
-def _resize(a, shape):
-    if isinstance(a, np.ndarray):
-        return resize_linear(a, shape)
+def _resize_plane(part, plane):
+    """Linear in-plane resize of a (s, y, x) slab; z untouched."""
+    if isinstance(part, np.ndarray):
+        return resize_linear(part, (part.shape[0], *plane))
     import torch.nn.functional as F
 
-    return F.interpolate(a[None, None], size=tuple(shape), mode="trilinear",
-                         align_corners=False)[0, 0]
+    return F.interpolate(part[:, None], size=tuple(plane), mode="bilinear",
+                         align_corners=False)[:, 0]
 
 
 def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
@@ -140,14 +148,7 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
     crop = oriented[box]
     shape = network_shape(crop.shape, spacing, plan.target_spacing[::-1])
     widths = smoothing_widths(spacing, plan.target_spacing[::-1]) if plan.smoothing else None
-    probe = to_device(np.zeros((1, 1, 1), np.float32))  # numpy or torch?
-    if isinstance(probe, np.ndarray):
-        crop = to_device(crop)
-        if widths:
-            crop = box_smooth(crop, widths)
-        resampled = _resize(crop, shape)
-    else:
-        resampled = _resize_in_slabs(crop, shape, widths, to_device)
+    resampled = _resize_in_slabs(crop, shape, widths, to_device)
     del crop
     body = resampled > plan.body_threshold_hu
     body = body if isinstance(body, np.ndarray) else body.cpu().numpy()
