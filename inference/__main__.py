@@ -135,9 +135,10 @@ def _uses_torch(args) -> bool:
 def _torch_after_read(first_read) -> None:
     """Import torch while the first case is read, then let the read finish.
 
-    Building the torch model imports torchvision, which writes ``os.environ``; ITK reads
-    the environment while it reads a file, and setenv racing getenv can crash the
-    process. ``import torch`` alone (seconds) writes nothing and hides the read.
+    ITK reads the environment while it reads a header, and a package that writes
+    ``os.environ`` meanwhile (torchvision did, before the SAM encoder stopped importing
+    it) can crash the process: setenv racing getenv. ``import torch`` alone (seconds)
+    writes nothing and hides the read; the model is built after it.
     """
     from concurrent.futures import wait
 
