@@ -246,3 +246,9 @@ def sampler_factory(gpu_index: int = 0):
         return RssTreeSampler
     raise RuntimeError("no GPU, and psutil (needed to measure RSS instead) is not installed: "
                        "pip install psutil (the bench extra)")
+
+
+def measuring(gpu_index: int = 0):
+    """``(sampler factory, whether it measures the GPU)``; RuntimeError as ``sampler_factory``."""
+    sampler = sampler_factory(gpu_index)
+    return sampler, sampler is not RssTreeSampler

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from benchmark import machine, paper, report
-from benchmark.memory import RssTreeSampler, nvml_available, sampler_factory
+from benchmark.memory import measuring, nvml_available
 from benchmark.runner import STAGES, case_info, display_path, list_inputs, run_case
 
 log = logging.getLogger("benchmark.profile")
@@ -135,13 +135,12 @@ def main(argv=None) -> int:
                   f" with {args.sizes} slices" if args.sizes else "")
         return 2
 
-    stamp = machine.stamp()
     try:
-        sampler = sampler_factory(args.gpu_index)
+        sampler, gpu = measuring(args.gpu_index)
     except RuntimeError as error:
         log.error("error: %s", error)
         return 2
-    gpu = sampler is not RssTreeSampler
+    stamp = machine.stamp()
     run_options = dict(docker=args.docker, weights=args.weights, backend=args.backend,
                        device=args.device, gpu_index=args.gpu_index, timeout=args.timeout,
                        extra=shlex.split(args.predict_args))

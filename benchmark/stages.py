@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmark import machine, report
-from benchmark.memory import RssTreeSampler, sampler_factory
+from benchmark.memory import measuring
 from benchmark.profile import RESULTS, weights_note
 from benchmark.runner import STAGES, display_path, run_case
 
@@ -74,13 +74,12 @@ def main(argv=None) -> int:
         log.error("error: %s: no such file (python -m benchmark.suite -o DIR --sizes 554 "
                   "makes the 554-slice case)", args.input)
         return 2
-    stamp = machine.stamp()
     try:
-        sampler = sampler_factory(args.gpu_index)
+        sampler, gpu = measuring(args.gpu_index)
     except RuntimeError as error:
         log.error("error: %s", error)
         return 2
-    gpu = sampler is not RssTreeSampler
+    stamp = machine.stamp()
     options = dict(weights=args.weights, backend=args.backend, device=args.device,
                    gpu_index=args.gpu_index,
                    extra=shlex.split(args.predict_args))
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
         f"{'x'.join(f'{s:g}' for s in run.spacing_xyz)} mm), {tag}", "",
         f"- machine: {machine.describe(stamp)}",
         f"- command: `python -m benchmark.stages {' '.join(shown)}`",
-        f"- one fresh `sh predict.sh` run on this case alone"
+        "- one fresh `sh predict.sh` run on this case alone"
         + ("" if args.no_warmup else ", after one unrecorded warm-up run"),
         f"- weights: `{weights['path']}`, preset `{weights['preset']}`, {trained}",
         f"- backend: {run.backend} on {run.device}",
