@@ -1,4 +1,5 @@
-"""``python -m training <stage>``: plan, preprocess, train, export, thresholds, pseudolabel, demo.
+"""``python -m training <stage>``: plan, preprocess, train, export, thresholds, pseudolabel, demo,
+ceiling.
 
 Each stage's user errors end as one line and exit code 2 (nothing could be done) or 1.
 """
@@ -36,6 +37,19 @@ def parser() -> argparse.ArgumentParser:
                         "(anti-aliasing: less noise at network resolution)")
     _common(p)
 
+    p = sub.add_parser("ceiling", help="best DSC/NSD a perfect network could score under a "
+                                       "plan (its spacing and minimum lesion volume)")
+    p.add_argument("-d", "--dataset", required=True, metavar="DATASET")
+    p.add_argument("-p", "--plans", required=True, metavar="PLANS.json")
+    p.add_argument("--target-spacing", type=float, nargs=3, action="append",
+                   metavar=("X", "Y", "Z"), help="mm; repeat to compare (default: the plan's)")
+    p.add_argument("--min-volume", type=float, action="append", metavar="MM3",
+                   help="minimum component volume; repeat to compare (default: the plan's)")
+    p.add_argument("--threshold", type=float, action="append", metavar="P",
+                   help="decision threshold; repeat to compare (default: the plan's)")
+    p.add_argument("--csv", metavar="FILE", help="per-case scores")
+    _common(p)
+
     p = sub.add_parser("preprocess", help="dataset -> memory-mappable training cache")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("-p", "--plans", required=True)
@@ -66,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--oversample", type=float, default=1 / 3,
                    help="fraction of samples centred on a lesion (default 1/3)")
+    p.add_argument("--lesion-sampling", choices=("voxel", "lesion"), default="voxel",
+                   help="how a lesion-centred sample picks its voxel: voxel: uniformly over "
+                        "the case's lesion voxels (nnU-Net; large lesions dominate); lesion: "
+                        "a lesion (connected component) first, uniformly, then a voxel in it")
     p.add_argument("--anneal-epochs", type=int, default=10,
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
     p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto")
@@ -99,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", help="case ids (default: --run's validation split)")
     p.add_argument("-r", "--run", metavar="RUN_DIR", help="take the validation split from here")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--decision-thresholds", type=float, nargs="+", metavar="P",
+                   help="lesion-probability cuts to try (default 0.3 0.4 0.5)")
     p.add_argument("--volumes", type=float, nargs="+", metavar="MM3")
     p.add_argument("--confidences", type=float, nargs="+")
     p.add_argument("--dry-run", action="store_true", help="print the table, keep the plan")
@@ -142,6 +162,11 @@ def main(argv=None) -> int:
 
             run_plan(args.dataset, args.output, args.target_spacing, args.preset,
                      tuple(args.patch), args.batch_size, progress, args.smoothing)
+        elif args.stage == "ceiling":
+            from training.ceiling import run_ceiling
+
+            run_ceiling(args.dataset, args.plans, args.target_spacing, args.min_volume,
+                        args.threshold, args.csv)
         elif args.stage == "preprocess":
             from training.preprocessing import run_preprocess
 

@@ -4,7 +4,13 @@ A sample is ``context`` neighbouring slices (edges replicated, as the sliding wi
 does) cut to an in-plane window, plus the centre slice's label. About
 ``oversample`` of the samples (one third by default, as nnU-Net) are centred on a
 labelled lesion voxel with a random offset that keeps the voxel inside the patch;
-the rest are drawn uniformly over the volume. Windows are cut larger than the patch
+the rest are drawn uniformly over the volume.
+
+Which lesion voxel (``lesion_sampling``): ``"voxel"`` draws one uniformly from the
+case's lesion voxels (nnU-Net), so a 50 mm lesion is drawn a thousand times as often as
+a 5 mm one in the same case; ``"lesion"`` first draws one of the case's lesions
+(26-connected components of the label) uniformly, then a voxel in it, so small and
+mid-sized lesions get as many samples as large ones. Windows are cut larger than the patch
 (``extent``) so rotation and scaling in ``training.augment`` never pull in padding.
 
 Seeds are a function of (seed, rank, epoch, worker), so a resumed run draws the same
@@ -14,8 +20,9 @@ samples as an uninterrupted one and each DDP rank draws its own.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import cc3d
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -23,6 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from training.preprocessing import load_case
 
 OVERSAMPLE = 1 / 3
+LESION_SAMPLING = ("voxel", "lesion")
 EXTENT = 1.5  # window side / patch side: room for rotation (sqrt 2) and some zoom-out
 
 
@@ -34,6 +42,7 @@ class CachedCase:
     coords: np.ndarray  # (n, 3) lesion voxel sample
     partial: bool
     spacing_zyx: tuple
+    lesions: list[np.ndarray] = field(default_factory=list)  # (n_i, 3) voxels per lesion
 
 
 def load_cases(cache, cases: list[str]) -> list[CachedCase]:
@@ -42,8 +51,21 @@ def load_cases(cache, cases: list[str]) -> list[CachedCase]:
         image, label, meta = load_case(cache, case)
         coords = np.asarray(meta["lesion_coords"], np.int64).reshape(-1, 3)
         out.append(CachedCase(case, image, label, coords, bool(meta.get("partial")),
-                              tuple(meta["spacing_zyx"])))
+                              tuple(meta["spacing_zyx"]), lesion_components(label)))
     return out
+
+
+def lesion_components(label) -> list[np.ndarray]:
+    """(n_i, 3) voxel coordinates of each 26-connected lesion of ``label``."""
+    # a uint8 image, not binary_image=True: cc3d 4.1.1 fails on some binary inputs
+    ids = cc3d.connected_components((np.asarray(label) > 0).astype(np.uint8), connectivity=26)
+    coords = np.argwhere(ids)
+    if not len(coords):
+        return []
+    owner = ids[tuple(coords.T)]
+    order = np.argsort(owner, kind="stable")
+    coords, owner = coords[order], owner[order]
+    return np.split(coords, np.flatnonzero(np.diff(owner)) + 1)
 
 
 def window_size(patch, extent: float = EXTENT) -> tuple[int, int]:
@@ -74,9 +96,13 @@ class PatchSampler:
 
     def __init__(self, cases: list[CachedCase], patch, context: int = 3,
                  oversample: float = OVERSAMPLE, pad_value: float = 0.0,
-                 extent: float = EXTENT):
+                 extent: float = EXTENT, lesion_sampling: str = "voxel"):
         if not cases:
             raise ValueError("no training cases")
+        if lesion_sampling not in LESION_SAMPLING:
+            raise ValueError(f"lesion_sampling must be one of {LESION_SAMPLING}, "
+                             f"got {lesion_sampling!r}")
+        self.lesion_sampling = lesion_sampling
         self.cases, self.patch, self.context = cases, tuple(patch), context
         self.oversample, self.pad_value = oversample, pad_value
         self.window = window_size(patch, extent)
@@ -86,7 +112,11 @@ class PatchSampler:
         foreground = bool(self.with_lesions) and rng.random() < self.oversample
         if foreground:
             case = self.with_lesions[rng.integers(len(self.with_lesions))]
-            z, y, x = case.coords[rng.integers(len(case.coords))]
+            if self.lesion_sampling == "lesion" and case.lesions:
+                voxels = case.lesions[rng.integers(len(case.lesions))]
+            else:
+                voxels = case.coords
+            z, y, x = voxels[rng.integers(len(voxels))]
             # the lesion voxel lands anywhere in the central patch, not always at its centre
             cy = y + int(rng.integers(-(self.patch[0] // 2) + 1, self.patch[0] // 2))
             cx = x + int(rng.integers(-(self.patch[1] // 2) + 1, self.patch[1] // 2))

@@ -147,7 +147,8 @@ def train(args) -> dict:
                                           "cache": str(args.cache)}, indent=1) + "\n")
     train_set, val_set = load_cases(args.cache, train_ids), load_cases(args.cache, val_ids)
     sampler = PatchSampler(train_set, plan.patch_size, plan.context_slices,
-                           oversample=args.oversample, pad_value=pad_value(plan))
+                           oversample=args.oversample, pad_value=pad_value(plan),
+                           lesion_sampling=getattr(args, "lesion_sampling", "voxel"))
 
     network = build_network(plan)
     init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume

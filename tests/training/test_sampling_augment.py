@@ -63,3 +63,43 @@ def test_intensity_augmentation_changes_values_not_shape():
     assert out_image.shape == (6, 3, 64, 64) and torch.isfinite(out_image).all()
     assert not torch.allclose(out_image, image[:, :, 16:80, 16:80])
     assert torch.equal(out_label, label[:, 16:80, 16:80])
+
+
+def _two_lesion_case():
+    """One case: a 20x20x4-voxel lesion and a single-voxel one, far apart."""
+    from training.sampling import CachedCase, lesion_components
+
+    label = np.zeros((8, 96, 96), np.uint8)
+    label[2:6, 10:30, 10:30] = 1
+    label[4, 80, 80] = 1
+    image = np.zeros(label.shape, np.float16)
+    coords = np.argwhere(label)
+    return CachedCase("two", image, label, coords, False, (4.0, 2.0, 2.0),
+                      lesion_components(label))
+
+
+def test_lesion_components_split_the_label_into_its_lesions():
+    case = _two_lesion_case()
+    assert sorted(len(c) for c in case.lesions) == [1, 1600]
+    assert [tuple(c[0]) for c in case.lesions if len(c) == 1] == [(4, 80, 80)]
+
+
+def test_lesion_sampling_gives_a_small_lesion_as_many_samples_as_a_large_one():
+    case = _two_lesion_case()
+    small = []
+    for mode in ("voxel", "lesion"):
+        sampler = PatchSampler([case], (32, 32), 3, oversample=1.0, lesion_sampling=mode)
+        rng = np.random.default_rng(0)
+        # the small lesion sits 50 px from the large one: a sample holds only one of them
+        hits = [sampler.sample(rng)[1].sum() == 1 for _ in range(400)]
+        small.append(np.mean(hits))
+    voxel, lesion = small
+    assert voxel < 0.02  # 1 of 1601 voxels
+    assert 0.4 < lesion < 0.6
+
+
+def test_unknown_lesion_sampling_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="lesion_sampling"):
+        PatchSampler([_two_lesion_case()], (32, 32), 3, lesion_sampling="size")

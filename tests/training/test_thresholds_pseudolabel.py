@@ -20,12 +20,12 @@ def _case(name, lesion=True):
         label[5:15, 5:15, 5:15] = 1
     p[30:32, 30:32, 30:32] = 0.95  # small false positive: removed by a volume bar
     p[20:28, 2:12, 25:35] = 0.6  # large low-confidence false positive: removed by confidence
-    return CasePrediction(name, p, SPACING, lambda prob, kept: kept, label, SPACING)
+    return CasePrediction(name, p, SPACING, lambda prob, kept, t: kept, label, SPACING)
 
 
 def test_grid_search_picks_the_obvious_optimum():
     cases = [_case("a"), _case("b"), _case("healthy", lesion=False)]
-    rows, best = grid_search(cases, 0.5, volumes=(0, 20, 2000), confidences=(0, 0.8, 0.99))
+    rows, best = grid_search(cases, (0.5,), volumes=(0, 20, 2000), confidences=(0, 0.8, 0.99))
     assert len(rows) == 9
     assert best["min_volume_mm3"] == 20 and best["min_confidence"] == 0.8
     assert best["dsc"] == 1.0 and best["nsd"] == 1.0
@@ -33,13 +33,27 @@ def test_grid_search_picks_the_obvious_optimum():
     assert worst["score"] < best["score"]
 
 
+def test_grid_search_lowers_the_decision_threshold_when_lesions_are_underconfident():
+    """A lesion predicted at p 0.4 throughout (a small lesion blurred over coarse voxels)."""
+    p = np.zeros((40, 40, 40), np.float32)
+    label = np.zeros(p.shape, np.uint8)
+    p[5:15, 5:15, 5:15] = 0.4
+    label[5:15, 5:15, 5:15] = 1
+    case = CasePrediction("faint", p, SPACING, lambda prob, kept, t: kept, label, SPACING)
+    rows, best = grid_search([case], (0.3, 0.5), volumes=(0,), confidences=(0,))
+    assert [r["threshold"] for r in rows] == [0.3, 0.5]
+    assert best["threshold"] == 0.3 and best["dsc"] == 1.0
+    assert rows[1]["dsc"] == 0.0
+
+
 def test_thresholds_are_written_into_the_plan_and_checksums(tmp_path):
     write_weights(tmp_path, build_model("tiny"), Plan(preset="tiny", patch_size=(64, 64)),
                   onnx_batch=2)
-    write_postprocessing(tmp_path, 120.0, 0.7)
+    write_postprocessing(tmp_path, 120.0, 0.7, 0.4)
     plan = load_plan(tmp_path)  # checks SHA256SUMS
     assert plan.postprocessing.min_volume_mm3 == 120.0
     assert plan.postprocessing.min_confidence == 0.7
+    assert plan.postprocessing.threshold == 0.4
     verified(tmp_path, "model.onnx")
 
 
