@@ -6,7 +6,7 @@ from inference.model import build_model
 from inference.plans import Plan
 from inference.weights import load_plan, verified, write_weights
 from training.pseudolabel import select
-from training.thresholds import CasePrediction, grid_search, write_postprocessing
+from training.thresholds import CasePrediction, choose_step, grid_search, write_postprocessing
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -46,11 +46,19 @@ def test_grid_search_lowers_the_decision_threshold_when_lesions_are_underconfide
     assert rows[1]["dsc"] == 0.0
 
 
+def test_the_largest_tile_step_within_the_tolerance_is_chosen():
+    scores = {0.5: {"score": 0.700}, 0.75: {"score": 0.695}, 1.0: {"score": 0.650}}
+    assert choose_step(scores) == 0.75  # 1.0 loses 0.05: accuracy would pay for its speed
+    assert choose_step(scores, tolerance=0.1) == 1.0
+    assert choose_step({0.5: {"score": 0.6}, 1.0: {"score": 0.7}}) == 1.0
+
+
 def test_thresholds_are_written_into_the_plan_and_checksums(tmp_path):
     write_weights(tmp_path, build_model("tiny"), Plan(preset="tiny", patch_size=(64, 64)),
                   onnx_batch=2)
-    write_postprocessing(tmp_path, 120.0, 0.7, 0.4)
+    write_postprocessing(tmp_path, 120.0, 0.7, 0.4, 1.0)
     plan = load_plan(tmp_path)  # checks SHA256SUMS
+    assert plan.tile_step == 1.0
     assert plan.postprocessing.min_volume_mm3 == 120.0
     assert plan.postprocessing.min_confidence == 0.7
     assert plan.postprocessing.threshold == 0.4

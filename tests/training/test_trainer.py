@@ -129,7 +129,9 @@ def test_thresholds_and_pseudolabel_cli_on_exported_weights(small_plan, cache, d
                  "--volumes", "0", "100", "--confidences", "0", "0.9", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "<- chosen" in out and "1 validation cases" in out
-    Plan.load(weights / "plans.json")
+    assert "tile step 0.5:" in out and "tile step 1:" in out
+    chosen = float(out.split("chosen: tile step ")[1].split()[0])
+    assert Plan.load(weights / "plans.json").tile_step == chosen
     assert main(["pseudolabel", "-w", str(weights), "-i", str(dataset / "imagesTr"), "-o",
                  str(tmp_path / "pseudo"), "--quiet"]) == 0
     meta = json.loads((tmp_path / "pseudo" / "dataset.json").read_text())
