@@ -31,8 +31,9 @@ import numpy as np
 from benchmark.metrics import score_case
 from inference.plans import Plan
 from inference.postprocess import remove_components
-from inference.preprocess import _resize_in_slabs, network_shape, preprocess, restore
-from training.dataset import CaseError, list_dataset, read_case
+from inference.preprocess import (_resize_in_slabs, network_shape, preprocess, restore,
+                                  smoothing_widths)
+from training.dataset import CaseError, DatasetError, list_dataset, read_case
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ log = logging.getLogger(__name__)
 def ideal_probability(label: np.ndarray, spacing_zyx, target_zyx) -> np.ndarray:
     """Lesion fraction of each voxel at ``target_zyx``: box average, then linear resampling."""
     shape = network_shape(label.shape, spacing_zyx, target_zyx)
-    widths = tuple(w + 1 - w % 2 for w in
-                   (max(int(round(t / s)), 1) for s, t in zip(spacing_zyx, target_zyx)))
+    widths = smoothing_widths(spacing_zyx, target_zyx)
     fraction = np.ascontiguousarray(label, dtype=np.float32)
     return _resize_in_slabs(fraction, shape, widths, np.ascontiguousarray)
 
@@ -99,8 +99,6 @@ def run_ceiling(dataset, plans, spacings=None, min_volumes=None, thresholds=None
             rows.append({"case": entry.case, "setting": name, "lesion_ml": round(lesion_ml, 3),
                          "dsc": round(dsc, 4), "nsd": round(nsd, 4)})
     if not rows:
-        from training.dataset import DatasetError
-
         raise DatasetError(f"{dataset}: no case could be read")
     for name, _ in variants:
         summary = summarise([r for r in rows if r["setting"] == name])
