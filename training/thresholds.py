@@ -87,28 +87,32 @@ def grid_search(predictions: list[CasePrediction], thresholds=DECISION_THRESHOLD
     return rows, tied[len(tied) // 2]
 
 
-def predict_case(predictor, entry, step: float | None = None) -> CasePrediction:
-    """Network-resolution probability of one raw case with the container's code."""
+def predict_case(predictor, entry, steps=None) -> dict[float, CasePrediction]:
+    """Network-resolution probability of one raw case with the container's code, per tile
+    step (the case is read and preprocessed once for all steps)."""
     volume, label = read_case(entry)
     plan = predictor.plan
-    step = plan.tile_step if step is None else step
+    steps = [plan.tile_step] if steps is None else steps
     prepared = preprocess(volume.array, volume.spacing, volume.direction, plan,
                           predictor.backend.prepare)
     if prepared.box is None:
-        probability = np.zeros((1, 1, 1), np.float32)
-        return CasePrediction(entry.case, probability, (1.0, 1.0, 1.0),
-                              lambda p, k, t: np.zeros(label.shape, np.uint8), label,
-                              volume.spacing_zyx)
-    probability = sliding_window(
-        prepared.volume, predictor.backend, plan.patch_size, step,
-        plan.context_slices, predictor.batch_size, prepared.body, pad_value=pad_value(plan),
-        oom_errors=predictor.backend.oom_errors)
-    probability = probability if isinstance(probability, np.ndarray) else \
-        probability.cpu().numpy()
+        empty = CasePrediction(entry.case, np.zeros((1, 1, 1), np.float32), (1.0, 1.0, 1.0),
+                               lambda p, k, t: np.zeros(label.shape, np.uint8), label,
+                               volume.spacing_zyx)
+        return {step: empty for step in steps}
+    out = {}
+    for step in steps:
+        probability = sliding_window(
+            prepared.volume, predictor.backend, plan.patch_size, step,
+            plan.context_slices, predictor.batch_size, prepared.body,
+            pad_value=pad_value(plan), oom_errors=predictor.backend.oom_errors)
+        probability = probability if isinstance(probability, np.ndarray) else \
+            probability.cpu().numpy()
+        out[step] = CasePrediction(entry.case, probability, prepared.spacing_zyx,
+                                   lambda p, k, t: restore(p, k, prepared, t),
+                                   label, volume.spacing_zyx)
     prepared.volume = None
-    return CasePrediction(entry.case, probability, prepared.spacing_zyx,
-                          lambda p, k, t: restore(p, k, prepared, t),
-                          label, volume.spacing_zyx)
+    return out
 
 
 def validation_cases(args) -> list[str]:
@@ -166,20 +170,20 @@ def run_thresholds(args) -> dict:
     predictor = Predictor(weights_dir, device=args.device, plan=plan)
     steps = sorted(set(args.steps or TILE_STEPS))
     quiet = args.disable_progress_bar or args.quiet
-    tables, best_by_step, n_cases = {}, {}, 0
+    predictions = {step: [] for step in steps}
+    for case in tqdm(wanted, desc="predict", unit="case", disable=quiet):
+        try:
+            for step, prediction in predict_case(predictor, entries[case], steps).items():
+                predictions[step].append(prediction)
+        except CaseError as error:
+            log.warning("%s; case left out", error)
+    n_cases = len(predictions[steps[0]])
+    if not n_cases:
+        raise TrainingError("no validation case could be predicted")
+    tables, best_by_step = {}, {}
     for step in steps:
-        predictions = []
-        for case in tqdm(wanted, desc=f"predict, step {step:g}", unit="case", disable=quiet):
-            try:
-                predictions.append(predict_case(predictor, entries[case], step))
-            except CaseError as error:
-                if step == steps[0]:
-                    log.warning("%s; case left out", error)
-        if not predictions:
-            raise TrainingError("no validation case could be predicted")
-        n_cases = len(predictions)
         tables[step], best_by_step[step] = grid_search(
-            predictions, args.decision_thresholds or DECISION_THRESHOLDS,
+            predictions[step], args.decision_thresholds or DECISION_THRESHOLDS,
             args.volumes or VOLUMES_MM3, args.confidences or CONFIDENCES)
     step = choose_step(best_by_step)
     best = dict(best_by_step[step], tile_step=step)
