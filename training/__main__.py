@@ -86,7 +86,11 @@ def parser() -> argparse.ArgumentParser:
                         "a lesion (connected component) first, uniformly, then a voxel in it")
     p.add_argument("--anneal-epochs", type=int, default=10,
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
-    p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto")
+    p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto",
+                   help="dynamic-convolution form, same function either way (auto: grouped)")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="mixed precision: fp16 on CUDA, bf16 on the CPU; auto (default): on "
+                        "CUDA, and on CPUs with native bf16 (AVX512-BF16 or AMX)")
     p.add_argument("--augmentation", choices=("nnunet", "light", "none"),
                    default="nnunet",
                    help="nnunet: nnU-Net's 2D ranges (rotation to 180 degrees, scaling "

@@ -57,7 +57,11 @@ def plot_curves(path: Path, history: list[dict]) -> None:
             ax2.plot(epochs, values, label=key.replace("val_", "validation "))
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
-    ax2.legend()
+    if ax2.lines:
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "no validation yet", ha="center", va="center",
+                 transform=ax2.transAxes)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100)

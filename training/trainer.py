@@ -4,7 +4,8 @@ Per epoch: ``iterations`` batches of 2.5D samples per process (foreground
 oversampling, ``training.sampling``), augmented on the device (``training.augment``),
 Dice + CE with deep supervision (``training.loss``), Adam + cosine annealing per epoch,
 dynamic-convolution temperature annealed linearly 30 -> 1 over the first
-``anneal_epochs`` (per iteration), AMP on CUDA. Then rank 0 scores the validation split
+``anneal_epochs`` (per iteration), mixed precision (fp16 with loss scaling on CUDA, bf16
+on CPUs with native bf16; ``--amp``). Then rank 0 scores the validation split
 (``training.validation``), writes ``checkpoint_last.pt`` atomically (and
 ``checkpoint_best.pt`` on a better validation score), ``metrics.csv``, ``curves.png``.
 A killed run resumed with ``--resume`` starts at the epoch after the last checkpoint.
@@ -54,6 +55,30 @@ def temperature(step: int, anneal_steps: int) -> float:
     if anneal_steps <= 0 or step >= anneal_steps:
         return T_END
     return T_START + (T_END - T_START) * step / anneal_steps
+
+
+def amp_dtype(device: torch.device, mode: str = "auto"):
+    """The autocast dtype of a training step, or None for fp32.
+
+    CUDA: fp16 (with loss scaling). CPU: bf16, which needs no loss scaling; ``auto`` takes
+    it only where oneDNN runs bf16 natively (AVX512-BF16 or AMX), since emulated bf16 is
+    slower than fp32. Measured on the demo's 2-core AMD EPYC (tiny preset, batch 16 of
+    3x64x64, forward and backward): 64 ms per step against 75 ms in fp32.
+    """
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if mode == "on" or (mode == "auto" and _native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def split_cases(cases: list[str], val_fraction: float, val_cases=None, seed: int = 0):
@@ -153,14 +178,14 @@ def train(args) -> dict:
     network = build_network(plan)
     init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
     network = network.to(device)
-    if device.type == "cpu":
-        network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "branches")
-    else:
-        network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
+    # The grouped form (the batch folded into the convolution's groups) is the faster one
+    # on CUDA and on the CPU (75 against 82 ms per demo step); both compute the same function.
+    network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs,
                                                            eta_min=args.lr * 1e-2)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    precision = amp_dtype(device, getattr(args, "amp", "auto"))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
     start_epoch, best, history = 0, -math.inf, []
     if args.resume and (run_dir / LAST).is_file():
         state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False)
@@ -191,10 +216,11 @@ def train(args) -> dict:
     generator = torch.Generator(device=device)
     if main:
         n_params = sum(p.numel() for p in network.parameters())
-        log.info("training %s (%.2fM parameters) on %s x%d: %d train / %d validation cases, "
-                 "batch %d, patch %s, epochs %d x %d iterations", plan.preset, n_params / 1e6,
-                 device, world, len(train_ids), len(val_ids), batch_size,
-                 "x".join(map(str, plan.patch_size)), args.epochs, args.iterations)
+        log.info("training %s (%.2fM parameters) on %s x%d (%s): %d train / %d validation "
+                 "cases, batch %d, patch %s, epochs %d x %d iterations", plan.preset,
+                 n_params / 1e6, device, world, str(precision or "fp32").replace("torch.", ""),
+                 len(train_ids), len(val_ids), batch_size, "x".join(map(str, plan.patch_size)),
+                 args.epochs, args.iterations)
     started = time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
@@ -216,7 +242,8 @@ def train(args) -> dict:
                                        generator)
             else:
                 image, label = _centre(image, label, plan.patch_size)
-            with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, precision or torch.float32,
+                                enabled=precision is not None):
                 outputs = model(image)
             loss = loss_fn([o.float() for o in outputs], label, batch["partial"].to(device))
             optimizer.zero_grad(set_to_none=True)
