@@ -30,15 +30,20 @@ log = logging.getLogger(__name__)
 # 8 validation cases for the thresholds. Two torch threads: 1.5x the steps of one on an
 # otherwise idle 2-core machine (70 epochs fit the 30 minutes). The last checkpoint is
 # exported, as nnU-Net does: with 8 validation cases "best" chases noise (the fourth run's
-# best epoch scored lesion DSC 0.14 on the held-out phantoms, its last 0.16).
+# best epoch scored lesion DSC 0.14 on the held-out phantoms, its last 0.16). fp32 and the
+# per-branch dynamic-convolution form, as the shipped weights were trained: bf16 and the
+# grouped form give 1.2x the steps, but the two runs with them scored lower on the held-out
+# phantoms (benchmark/results/demo_training.md).
 FULL = dict(train_cases=80, test_cases=16, shape=(512, 512, 48), preset="tiny",
             patch=(64, 64), batch=16, spacing=(2.0, 2.0, 3.0), epochs=70, iterations=250,
             anneal=5, val_every=5, val_fraction=0.1, lr=2e-3, smoothing=True,
-            augmentation="light", oversample=0.5, threads=2, checkpoint="last")
+            augmentation="light", oversample=0.5, threads=2, checkpoint="last",
+            amp="off", dynamic_form="branches")
 QUICK = dict(train_cases=5, test_cases=3, shape=(128, 128, 16), preset="tiny",
              patch=(64, 64), batch=2, spacing=(2.0, 2.0, 3.0), epochs=1, iterations=2,
              anneal=1, val_every=1, val_fraction=0.2, lr=1e-3, smoothing=True,
-             augmentation="light", oversample=0.5, threads=1, checkpoint="last")
+             augmentation="light", oversample=0.5, threads=1, checkpoint="last",
+             amp="off", dynamic_form="auto")
 
 
 def _run(args: list[str], log_file: Path | None = None) -> str:
@@ -89,7 +94,8 @@ def run_demo(args) -> dict:
           "--anneal-epochs", str(cfg["anneal"]), "--val-every", str(cfg["val_every"]),
           "--val-fraction", str(cfg["val_fraction"]), "--lr", str(cfg["lr"]),
           "--augmentation", cfg["augmentation"], "--oversample", str(cfg["oversample"]),
-          "--device", "cpu", "--threads", str(cfg["threads"]), "--resume",
+          "--device", "cpu", "--threads", str(cfg["threads"]), "--amp", cfg["amp"],
+          "--dynamic-form", cfg["dynamic_form"], "--resume",
           "--time-limit-min", str(args.minutes), *quiet], logs)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -4,8 +4,8 @@ Per epoch: ``iterations`` batches of 2.5D samples per process (foreground
 oversampling, ``training.sampling``), augmented on the device (``training.augment``),
 Dice + CE with deep supervision (``training.loss``), Adam + cosine annealing per epoch,
 dynamic-convolution temperature annealed linearly 30 -> 1 over the first
-``anneal_epochs`` (per iteration), mixed precision (fp16 with loss scaling on CUDA, bf16
-on CPUs with native bf16; ``--amp``). Then rank 0 scores the validation split
+``anneal_epochs`` (per iteration), mixed precision (fp16 with loss scaling on CUDA; bf16 on
+the CPU with ``--amp on``). Then rank 0 scores the validation split
 (``training.validation``), writes ``checkpoint_last.pt`` atomically (and
 ``checkpoint_best.pt`` on a better validation score), ``metrics.csv``, ``curves.png``.
 A killed run resumed with ``--resume`` starts at the epoch after the last checkpoint.
@@ -60,16 +60,20 @@ def temperature(step: int, anneal_steps: int) -> float:
 def amp_dtype(device: torch.device, mode: str = "auto"):
     """The autocast dtype of a training step, or None for fp32.
 
-    CUDA: fp16 (with loss scaling). CPU: bf16, which needs no loss scaling; ``auto`` takes
-    it only where oneDNN runs bf16 natively (AVX512-BF16 or AMX), since emulated bf16 is
-    slower than fp32. Measured on the demo's 2-core AMD EPYC (tiny preset, batch 16 of
-    3x64x64, forward and backward): 64 ms per step against 75 ms in fp32.
+    CUDA: fp16 with loss scaling, unless ``off``. CPU: fp32 unless ``on``, which trains in
+    bf16 (no loss scaling needed). bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
+    (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored lower
+    on the held-out phantoms than the fp32 run they were meant to beat (lesion DSC at
+    network resolution 0.193 and 0.166 against 0.213; ``benchmark/results/demo_training.md``).
+    Without native bf16 (``_native_bf16``) oneDNN emulates it, slower than fp32.
     """
     if mode == "off":
         return None
     if device.type == "cuda":
         return torch.float16
-    if mode == "on" or (mode == "auto" and _native_bf16()):
+    if mode == "on":
+        if not _native_bf16():
+            log.warning("--amp on: this CPU has no native bf16; expect slower steps than fp32")
         return torch.bfloat16
     return None
 
@@ -179,7 +183,8 @@ def train(args) -> dict:
     init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
     network = network.to(device)
     # The grouped form (the batch folded into the convolution's groups) is the faster one
-    # on CUDA and on the CPU (75 against 82 ms per demo step); both compute the same function.
+    # on CUDA and on the CPU (75 against 82 ms per demo step); both compute the same function,
+    # with different rounding.
     network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs,

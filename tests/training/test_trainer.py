@@ -17,7 +17,7 @@ from inference.plans import Plan
 from training.export import run_export
 from inference.model import build_model
 from training.loss import DeepSupervisionLoss
-from training.trainer import T_END, T_START, _native_bf16, amp_dtype, temperature
+from training.trainer import T_END, T_START, amp_dtype, temperature
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,12 +31,12 @@ def test_temperature_anneals_linearly_from_30_to_1():
     assert all(a > b for a, b in zip(values, values[1:]))
 
 
-def test_amp_dtype_fp16_on_cuda_bf16_on_a_cpu_that_has_it():
+def test_amp_dtype_fp16_on_cuda_bf16_on_the_cpu_only_when_asked():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert amp_dtype(cuda, "auto") == amp_dtype(cuda, "on") == torch.float16
     assert amp_dtype(cuda, "off") is None and amp_dtype(cpu, "off") is None
     assert amp_dtype(cpu, "on") == torch.bfloat16
-    assert amp_dtype(cpu, "auto") == (torch.bfloat16 if _native_bf16() else None)
+    assert amp_dtype(cpu, "auto") is None
 
 
 def test_bf16_training_step_follows_fp32():
