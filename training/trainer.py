@@ -62,9 +62,10 @@ def amp_dtype(device: torch.device, mode: str = "auto"):
 
     CUDA: fp16 with loss scaling, unless ``off``. CPU: fp32 unless ``on``, which trains in
     bf16 (no loss scaling needed). bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
-    (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored lower
-    on the held-out phantoms than the fp32 run they were meant to beat (lesion DSC at
-    network resolution 0.193 and 0.166 against 0.213; ``benchmark/results/demo_training.md``).
+    (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored no
+    better on 64 held-out phantoms than the fp32 run (lesion DSC 0.211 and 0.223 against
+    0.196, each within one paired standard error; ``benchmark/results/demo_training.md``),
+    and its gradients are measurably coarser (``tests/training/test_trainer.py``).
     Without native bf16 (``_native_bf16``) oneDNN emulates it, slower than fp32.
     """
     if mode == "off":
