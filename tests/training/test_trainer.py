@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from inference.model import build_model
 from inference.plans import Plan
 from training.export import run_export
-from inference.model import build_model
 from training.loss import DeepSupervisionLoss
 from training.trainer import T_END, T_START, amp_dtype, temperature
 
