@@ -74,7 +74,7 @@ def run_demo(args) -> dict:
     timings = {}
     t = time.perf_counter()
     for name, n, seed in (("data", cfg["train_cases"], 0), ("test", cfg["test_cases"], 1000)):
-        if not (work / name / "dataset.json").is_file():
+        if not has_cases(work / name, n):
             _run(["-m", "training.phantoms", "-o", str(work / name), "-n", str(n),
                   "--shape", *shape, "--seed", str(seed), *quiet], logs)
     timings["phantoms_s"] = time.perf_counter() - t
@@ -119,6 +119,12 @@ def run_demo(args) -> dict:
     (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     log.info("held-out phantoms: %s", json.dumps(summary["test"]))
     return summary
+
+
+def has_cases(dataset: Path, n: int) -> bool:
+    """Whether ``dataset`` already holds exactly ``n`` labelled cases (a finished stage)."""
+    meta = dataset / "dataset.json"
+    return meta.is_file() and len(json.loads(meta.read_text()).get("training", [])) == n
 
 
 def summarise_scores(scores_csv: Path, dataset: Path) -> dict:

@@ -20,3 +20,12 @@ def test_quick_demo_runs_every_stage(tmp_path):
     for name in ("plans.json", "model.pt", "model.onnx", "SHA256SUMS"):
         assert (weights / name).is_file()
     assert len(list((work / "test_predictions").glob("*.nii.gz"))) == 3
+
+
+def test_a_phantom_set_of_another_size_is_written_again(tmp_path):
+    from training.demo import has_cases
+
+    assert not has_cases(tmp_path, 16)  # nothing there yet
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"id": "a"}] * 16}))
+    assert has_cases(tmp_path, 16)
+    assert not has_cases(tmp_path, 64)  # an older, smaller held-out set: make the 64
