@@ -90,8 +90,7 @@ def parser() -> argparse.ArgumentParser:
                    help="dynamic-convolution form, same function either way (auto: grouped)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="mixed precision: fp16 on CUDA, bf16 on the CPU; auto (default): on "
-                        "CUDA only (bf16 on the CPU gave 1.2x the steps but no measurably better demo "
-                        "weights)")
+                        "CUDA only (bf16 on the CPU gave 1.2x the steps, no better weights)")
     p.add_argument("--augmentation", choices=("nnunet", "light", "none"),
                    default="nnunet",
                    help="nnunet: nnU-Net's 2D ranges (rotation to 180 degrees, scaling "

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 # best epoch scored lesion DSC 0.14 on the held-out phantoms, its last 0.16). fp32 and the
 # per-branch dynamic-convolution form, as the shipped weights were trained: bf16 and the
 # grouped form give 1.2x the steps, but the two runs with them scored no better on 64
-# held-out phantoms (benchmark/results/demo_training.md). 64 held-out phantoms: over the 12
-# lesion cases of 16, the standard error of the mean lesion DSC was about 0.09.
+# held-out phantoms (benchmark/results/demo_training.md). 64 held-out phantoms because over
+# the 12 lesion cases of 16 the mean lesion DSC had a standard error of about 0.09.
 FULL = dict(train_cases=80, test_cases=64, shape=(512, 512, 48), preset="tiny",
             patch=(64, 64), batch=16, spacing=(2.0, 2.0, 3.0), epochs=70, iterations=250,
             anneal=5, val_every=5, val_fraction=0.1, lr=2e-3, smoothing=True,
