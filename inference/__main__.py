@@ -16,7 +16,7 @@ log = logging.getLogger("inference")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from inference.predictor import DEFAULT_GPU_MEMORY_MB
+    from inference.budget import DEFAULT_GPU_MEMORY_MB
 
     p = argparse.ArgumentParser(
         prog="python -m inference",
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     from inference import nifti
-    from inference.predictor import cases_to_do, read_ahead
+    from inference.reading import cases_to_do, read_ahead
 
     try:
         cases = nifti.shard(nifti.list_cases(args.input), args.num_parts, args.part_id)
@@ -101,6 +101,10 @@ def main(argv=None) -> int:
         log.error("error: %s", error)
         return 2
     ready_s = time.perf_counter() - START
+    # The read-ahead inflates the voxels first and needs ITK only for the geometry at the
+    # end: importing SimpleITK (about 50 ms) here, while it still inflates, takes that
+    # import off the read's path.
+    nifti.simpleitk()
     log.info("start-up %.2f s (imports and model)", ready_s)
     results = predictor.run(cases, args.output, args.skip_existing, args.save_probabilities,
                             show_progress=not (args.quiet or args.disable_progress_bar),

@@ -18,21 +18,16 @@ import numpy as np
 from inference import nifti
 from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
                                 resolve_device)
+from inference.budget import CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, memory_fraction
 from inference.plans import Plan
 from inference.postprocess import remove_components
 from inference.preprocess import pad_value, preprocess, restore, restore_probability
+from inference.reading import FirstRead, cases_to_do, timed_read
 from inference.sliding_window import sliding_window
 from inference.weights import load_plan
 
 log = logging.getLogger(__name__)
 
-# Whole-GPU memory the organisers allow is 4 GB; the CUDA context and cuDNN take about
-# 650 MiB of it before any tensor exists, so the allocator gets the rest less a margin.
-# Measured on an H100 (554 slices, fast preset): a 3500 MB budget peaked at 2311 MB
-# whole-GPU, 1200 MB at 1663 MB, in the same wall-clock (7.77 s and 7.71 s), so the
-# default is the small one: the organisers score memory too.
-DEFAULT_GPU_MEMORY_MB = 1200
-CUDA_CONTEXT_MB = 700
 STAGES = ("read", "preprocess", "network", "postprocess", "restore", "write")
 
 
@@ -66,7 +61,7 @@ class Predictor:
         else:
             fraction = None
             if self.device != "cpu":
-                fraction = _memory_fraction(gpu_memory_mb, self.device)
+                fraction = memory_fraction(gpu_memory_mb, self.device)
             self.backend = TorchBackend(self.weights, self.plan, self.device,
                                         memory_fraction=fraction, mode=torch_mode)
         self.gpu_memory_mb = gpu_memory_mb
@@ -165,12 +160,12 @@ class Predictor:
             if todo and first_read is not None and first_read.path == todo[0][1]:
                 pending = first_read.future
             elif todo:
-                pending = reader.submit(_timed_read, todo[0][1])
+                pending = reader.submit(timed_read, todo[0][1])
             for i, (case, path) in enumerate(tqdm(todo, desc="cases", unit="case",
                                                   disable=not show_progress)):
                 future, pending = pending, None
                 if i + 1 < len(todo):
-                    pending = reader.submit(_timed_read, todo[i + 1][1])
+                    pending = reader.submit(timed_read, todo[i + 1][1])
                 result = self._run_one(case, future, output_dir, writer, save_probabilities,
                                        writes)
                 results.append(result)
@@ -205,45 +200,8 @@ class Predictor:
         return result
 
 
-def cases_to_do(cases: list[tuple[str, Path]], output_dir: Path,
-                skip_existing: bool) -> list[tuple[str, Path]]:
-    """The cases ``run`` will predict: all, or with ``--continue`` those not yet written."""
-    return [(c, p) for c, p in cases
-            if not (skip_existing and (Path(output_dir) / f"{c}.nii.gz").exists())]
-
-
-@dataclass
-class FirstRead:
-    """A read started before the predictor exists, so it overlaps imports and model load."""
-
-    path: Path
-    future: Future
-
-
-def read_ahead(path: Path) -> FirstRead:
-    """Start reading ``path`` in a background thread; errors surface when ``run`` uses it."""
-    executor = ThreadPoolExecutor(1, "read-ahead")
-    future = executor.submit(_timed_read, path)
-    executor.shutdown(wait=False)  # the thread ends after this one read
-    return FirstRead(Path(path), future)
-
-
-def _memory_fraction(gpu_memory_mb: float, device: str) -> float:
-    import torch
-
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**20
-    allocator_mb = max(gpu_memory_mb - CUDA_CONTEXT_MB, 256)
-    return float(min(allocator_mb / total, 1.0))
-
-
 def _lap(start: float) -> float:
     return time.perf_counter() - start
-
-
-def _timed_read(path: Path):
-    t = time.perf_counter()
-    volume = nifti.read_ct(path)
-    return volume, _lap(t)
 
 
 def _timed_write(mask, probability, grid, output_dir: Path, case: str) -> float:

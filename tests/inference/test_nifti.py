@@ -153,17 +153,34 @@ def test_multi_member_gzip_reads_and_its_truncation_is_caught(tmp_path):
     assert "truncated" in assert_one_line_naming(error, path)
 
 
+def test_streamed_gzip_reader_reads_the_same_and_catches_truncation(tmp_path, monkeypatch):
+    """The streamed reader (used when isal's in-memory one is missing) behaves the same."""
+    monkeypatch.setattr(nifti, "_InMemoryGzipReader", None)
+    raw = nifti1(ct_like())
+    path = tmp_path / "streamed_0000.nii.gz"
+    path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
+    np.testing.assert_array_equal(read_ct(path).array, ct_like())
+    path.write_bytes(gzip.compress(raw)[:-100])
+    with pytest.raises(InputError) as error:
+        read_ct(path)
+    assert "truncated" in assert_one_line_naming(error, path)
+
+
 def test_complete_file_is_checked_without_decompressing_it(tmp_path, monkeypatch):
     """One full decompression per read: the voxels'; the integrity check reads the trailer."""
     path = save(tmp_path, "fast_0000.nii.gz", nifti1(ct_like()))
     opened = []
-    real_open = nifti._gzip.open
 
-    def counting_open(*args, **kwargs):
-        opened.append(args[0])
-        return real_open(*args, **kwargs)
+    def counting(real):
+        def open_counted(*args, **kwargs):
+            opened.append(real)
+            return real(*args, **kwargs)
+        return open_counted
 
-    monkeypatch.setattr(nifti._gzip, "open", counting_open)
+    # Either reader inflates: isal's from memory, or the streamed one without it.
+    monkeypatch.setattr(nifti._gzip, "open", counting(nifti._gzip.open))
+    if nifti._InMemoryGzipReader is not None:
+        monkeypatch.setattr(nifti, "_InMemoryGzipReader", counting(nifti._InMemoryGzipReader))
     assert read_ct(path).array.shape == (20, 32, 32)
     assert len(opened) == 1
 
