@@ -199,11 +199,16 @@ def _markdown(res: dict, stamp: dict, argv) -> str:
         + f". With the real network the engines' own work is that small a part of the "
         "time, so on this network the engine choice hardly matters; it matters on a fast "
         "GPU, where the network's share shrinks.", "",
-        "The outputs differ only where tiles overlap: MONAI raises Gaussian weights below "
-        "1e-3 (the tile rim) to 1e-3, ours keeps the exact Gaussian. With our weight map "
-        "MONAI's output matches ours to float rounding (the last row). MONAI's peak includes "
-        "the (Z, 3, Y, X) stack it needs for 2.5D; ours gathers the context slices per batch "
-        "and blends slab by slab.",
+        ("The outputs differ only where tiles overlap: MONAI raises Gaussian weights below "
+         "1e-3 (the tile rim) to 1e-3, ours keeps the exact Gaussian. With our weight map "
+         "MONAI's output matches ours to float rounding (the last row)."
+         if pl["same"] else
+         "The tiles lie in different places (above): where a side is not a whole number of "
+         "steps, MONAI keeps its regular steps and moves the last tile back to the edge, ours "
+         "spreads the tiles evenly. So the outputs differ wherever the tiles differ, even with "
+         "our weight map (the last row); the work, the number of tiles, is the same.")
+        + " MONAI's peak includes the (Z, 3, Y, X) stack it needs for 2.5D; ours gathers the "
+        "context slices per batch and blends slab by slab.",
     ]
     return "\n".join(lines) + "\n"
 
