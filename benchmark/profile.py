@@ -53,8 +53,11 @@ def weights_note(folder: Path | None) -> dict:
         info = json.loads((folder / "model.json").read_text())
     except (OSError, json.JSONDecodeError):
         info = {}
+    trained = info.get("trained")
+    if trained is None and info.get("source") == "python -m training export":
+        trained = True  # exported from a training checkpoint (before model.json said so)
     return {"path": display_path(folder), "preset": info.get("preset", "unknown"),
-            "trained": info.get("trained"), "note": info.get("note", "")}
+            "trained": trained, "note": info.get("note", "")}
 
 
 def select_cases(folder: Path, sizes) -> list[Path]:

@@ -90,8 +90,9 @@ def run_export(run_dir, output, checkpoint: str = "best", onnx_batch: int = 8,
     torch.set_num_threads(1)  # see training.trainer: shared small CPUs lose with more
     network, plan, meta = load_run(run_dir, checkpoint)
     t = time.perf_counter()
-    info = {"source": "python -m training export", "checkpoint": meta["path"].name,
-            "epoch": meta["epoch"], "validation_score": meta["score"]}
+    info = {"source": "python -m training export", "trained": True,
+            "checkpoint": meta["path"].name, "epoch": meta["epoch"],
+            "validation_score": meta["score"]}
     write_weights(output, network, plan, onnx_batch=onnx_batch, info=info)
     log.info("wrote %s (epoch %s) in %.1f s", output, meta["epoch"], time.perf_counter() - t)
     t = time.perf_counter()

@@ -78,3 +78,13 @@ def test_predict_args_reach_predict_sh_after_the_benchmark_options():
     assert cmd[:2] == ["sh", str(PREDICT_SH)]
     assert cmd[2:] == ["--backend", "torch", "--device", "cuda", "--torch-mode", "branches/half"]
 
+
+
+def test_weights_note_calls_exported_weights_trained(tmp_path):
+    """Weights from `training export` are trained even where model.json predates the flag."""
+    (tmp_path / "model.json").write_text(json.dumps(
+        {"preset": "tiny", "source": "python -m training export", "epoch": 69}))
+    assert profile.weights_note(tmp_path)["trained"] is True
+    (tmp_path / "model.json").write_text(json.dumps({"preset": "tiny"}))
+    assert profile.weights_note(tmp_path)["trained"] is None
+    assert profile.weights_note(None)["trained"] is True  # the shipped demo weights
