@@ -28,6 +28,7 @@ grid. Files go to a hidden temporary name in the output folder, then `os.replace
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -77,6 +78,7 @@ _NUMPY_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "
                 768: "u4", 1024: "i8", 1280: "u8"}
 
 
+@functools.cache
 def simpleitk():
     """SimpleITK, imported on first use: its import (about 50 ms) then runs while the
     first case's voxels inflate, instead of before the read can start."""
