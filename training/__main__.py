@@ -77,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
                    help="partially labelled cases: ignore far lesion-like background "
                         "(default) or the paper's plain loss")
     p.add_argument("--partial-margin", type=int, default=8, metavar="VOXELS")
+    p.add_argument("--dice", choices=("batch", "sample"), default="batch",
+                   help="Dice term: batch (default): one Dice over the batch (nnU-Net's 2D "
+                        "default); sample: the mean Dice of the samples holding lesion voxels, "
+                        "so small lesions weigh as much as large ones")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--oversample", type=float, default=1 / 3,
                    help="fraction of samples centred on a lesion (default 1/3)")

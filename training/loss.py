@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 PARTIAL_MODES = ("ignore", "plain")
+DICE_MODES = ("batch", "sample")
 
 
 def deep_supervision_weights(n: int) -> list[float]:
@@ -43,8 +44,16 @@ def partial_ignore_mask(logits, label, partial, margin: int = 8):
         return far_background & lesion_like & partial.view(-1, 1, 1).to(label.device)
 
 
-def dice_ce(logits, label, valid=None, smooth: float = 1e-5):
-    """Soft Dice of the lesion channel over the batch + cross-entropy, on ``valid`` voxels."""
+def dice_ce(logits, label, valid=None, smooth: float = 1e-5, dice: str = "batch"):
+    """Soft Dice of the lesion channel + cross-entropy, on ``valid`` voxels.
+
+    ``dice="batch"`` pools the batch into one Dice (nnU-Net's 2D default); ``"sample"``
+    averages the Dice of each sample that holds lesion voxels, so a small lesion's patch
+    weighs as much as a large one's instead of vanishing beside it (a batch without
+    lesion voxels then has no Dice term; cross-entropy still trains its background).
+    """
+    if dice not in DICE_MODES:
+        raise ValueError(f"dice must be one of {DICE_MODES}, got {dice!r}")
     logits = logits.float()
     target = label.long()
     weight = torch.ones_like(label, dtype=torch.float32) if valid is None else valid.float()
@@ -52,17 +61,25 @@ def dice_ce(logits, label, valid=None, smooth: float = 1e-5):
     ce = (ce * weight).sum() / weight.sum().clamp_min(1.0)
     p = torch.softmax(logits, dim=1)[:, 1] * weight
     t = (target == 1).float() * weight
-    intersection = (p * t).sum()
-    dice = (2 * intersection + smooth) / (p.sum() + t.sum() + smooth)
-    return ce + (1 - dice)
+    if dice == "batch":
+        score = (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
+        return ce + (1 - score)
+    dims = tuple(range(1, p.dim()))
+    has_lesion = t.sum(dims) > 0
+    if not bool(has_lesion.any()):
+        return ce
+    score = (2 * (p * t).sum(dims) + smooth) / (p.sum(dims) + t.sum(dims) + smooth)
+    return ce + (1 - score[has_lesion]).mean()
 
 
 class DeepSupervisionLoss(torch.nn.Module):
-    def __init__(self, partial_mode: str = "ignore", margin: int = 8):
+    def __init__(self, partial_mode: str = "ignore", margin: int = 8, dice: str = "batch"):
         super().__init__()
         if partial_mode not in PARTIAL_MODES:
             raise ValueError(f"partial_mode must be one of {PARTIAL_MODES}, got {partial_mode!r}")
-        self.partial_mode, self.margin = partial_mode, margin
+        if dice not in DICE_MODES:
+            raise ValueError(f"dice must be one of {DICE_MODES}, got {dice!r}")
+        self.partial_mode, self.margin, self.dice = partial_mode, margin, dice
 
     def forward(self, outputs, label, partial=None):
         if torch.is_tensor(outputs):
@@ -80,5 +97,5 @@ class DeepSupervisionLoss(torch.nn.Module):
             if ignore is not None:
                 valid = ~ignore if ignore.shape[-2:] == size else \
                     F.interpolate(ignore[:, None].float(), size=size, mode="nearest")[:, 0] < 0.5
-            total = total + w * dice_ce(logits, target, valid)
+            total = total + w * dice_ce(logits, target, valid, dice=self.dice)
         return total

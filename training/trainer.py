@@ -216,7 +216,8 @@ def train(args) -> dict:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin)
+    loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin,
+                                 getattr(args, "dice", "batch"))
     aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
     anneal_steps = args.anneal_epochs * args.iterations
     generator = torch.Generator(device=device)

@@ -1,9 +1,10 @@
 """Dice + CE with deep supervision: it trains, and partial labels do not punish far lesions."""
 
+import pytest
 import torch
 
 from inference.model import build_model
-from training.loss import DeepSupervisionLoss, deep_supervision_weights
+from training.loss import DeepSupervisionLoss, deep_supervision_weights, dice_ce
 
 
 def test_deep_supervision_weights_halve_and_sum_to_one():
@@ -69,3 +70,43 @@ def test_heads_start_at_the_lesion_prior():
     for head in model.heads:
         p = torch.softmax(head.bias.detach(), 0)[1].item()
         assert abs(p - 0.01) < 1e-6
+
+
+def _big_and_small(background_logit: float = -4.0):
+    """Sample 0 holds a 28x28 lesion, sample 1 a 2x2 one; the network calls both background
+    with the same confidence."""
+    label = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    label[0, 2:30, 2:30] = 1
+    label[1, 10:12, 10:12] = 1  # sample 2 holds no lesion
+    logits = torch.zeros(3, 2, 32, 32)
+    logits[:, 1] = background_logit
+    return logits.requires_grad_(True), label
+
+
+def test_sample_dice_weighs_a_small_lesion_like_a_large_one():
+    pulls = {}
+    for mode in ("batch", "sample"):
+        logits, label = _big_and_small()
+        ce = torch.nn.functional.cross_entropy(logits, label.long())
+        (dice_ce(logits, label, dice=mode) - ce).backward()  # the Dice term alone
+        lesion_grad = -logits.grad[:, 1]  # how hard each lesion voxel is pushed up
+        pulls[mode] = (lesion_grad[1, 10:12, 10:12].mean()
+                       / lesion_grad[0, 2:30, 2:30].mean()).item()
+    assert pulls["batch"] == pytest.approx(1.0, rel=1e-4)  # one pooled Dice: same pull per voxel
+    assert pulls["sample"] > 20  # its own Dice: the small lesion's voxels pulled far harder
+
+
+def test_sample_dice_is_the_mean_over_samples_with_lesions():
+    logits, label = _big_and_small()
+    p = torch.softmax(logits.detach(), 1)[:, 1]
+    per_sample = [(2 * (p[i] * label[i]).sum() + 1e-5) / (p[i].sum() + label[i].sum() + 1e-5)
+                  for i in (0, 1)]  # sample 2, without a lesion, has no Dice term
+    ce = torch.nn.functional.cross_entropy(logits.detach(), label.long())
+    expected = ce + 1 - (per_sample[0] + per_sample[1]) / 2
+    assert dice_ce(logits.detach(), label, dice="sample").item() == pytest.approx(expected.item(),
+                                                                                   rel=1e-5)
+    no_lesion = torch.zeros_like(label)
+    assert dice_ce(logits.detach(), no_lesion, dice="sample").item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits.detach(), no_lesion.long()).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="dice must be one of"):
+        DeepSupervisionLoss(dice="lesion")
