@@ -41,6 +41,28 @@ def list_cases(gt_dir: Path) -> list[str]:
                   if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file())
 
 
+def add_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--pred`` and ``--gt`` folders every scoring CLI takes."""
+    parser.add_argument("-p", "--pred", required=True, type=Path,
+                        help="folder of predictions <case>.nii.gz")
+    parser.add_argument("-g", "--gt", required=True, type=Path,
+                        help="folder of ground-truth labels <case>.nii.gz")
+
+
+def cases_to_score(pred_dir: Path, gt_dir: Path) -> list[str] | None:
+    """The ground truth's case ids, or None (with a log line) when a folder is missing or
+    holds no ground truth."""
+    for name, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
+        if not folder.is_dir():
+            log.error("%s folder %s does not exist", name, folder)
+            return None
+    cases = list_cases(gt_dir)
+    if not cases:
+        log.error("no ground-truth files <case>%s in %s", SUFFIX, gt_dir)
+        return None
+    return cases
+
+
 def grid_difference(pred: sitk.Image, gt: sitk.Image) -> str | None:
     """How the prediction's voxel grid differs from the ground truth's, or None if it does not."""
     if pred.GetDimension() != gt.GetDimension():
@@ -93,13 +115,8 @@ def score_file(pred_path: Path, gt: sitk.Image, case: str, tolerance_mm: float) 
 def evaluate(pred_dir: Path, gt_dir: Path, tolerance_mm: float = 2.0,
              csv_path: Path | None = None) -> int:
     """Score every ground-truth case, print the rows and the mean; return the exit code."""
-    for name, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
-        if not folder.is_dir():
-            log.error("%s folder %s does not exist", name, folder)
-            return 2
-    cases = list_cases(gt_dir)
-    if not cases:
-        log.error("no ground-truth files <case>%s in %s", SUFFIX, gt_dir)
+    cases = cases_to_score(pred_dir, gt_dir)
+    if cases is None:
         return 2
     extra = sorted(set(list_cases(pred_dir)) - set(cases))
     if extra:
@@ -154,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.evaluate",
         description="DSC and NSD of predicted lesion masks, FLARE 2024 Task 1 rules.")
-    parser.add_argument("-p", "--pred", required=True, type=Path,
-                        help="folder of predictions <case>.nii.gz")
-    parser.add_argument("-g", "--gt", required=True, type=Path,
-                        help="folder of ground-truth labels <case>.nii.gz")
+    add_folder_arguments(parser)
     parser.add_argument("--csv", type=Path, help="also write case,dsc,nsd rows to this file")
     parser.add_argument("--tolerance", type=_non_negative_mm, default=2.0,
                         help="NSD tolerance in mm (default: 2.0, the challenge's)")

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from benchmark.evaluate import SUFFIX, _read, grid_difference, list_cases
+from benchmark.evaluate import (SUFFIX, _read, add_folder_arguments, cases_to_score,
+                                grid_difference)
 
 log = logging.getLogger("benchmark.lesions")
 
@@ -118,13 +119,8 @@ def summarise(rows: list[dict]) -> list[tuple[str, str, int, int]]:
 def report(pred_dir: Path, gt_dir: Path, dataset_json: Path | None = None,
            min_overlap: float = 0.3, csv_path: Path | None = None) -> int:
     """Match every case's lesions, print the grouped detection rates; return the exit code."""
-    for name, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
-        if not folder.is_dir():
-            log.error("%s folder %s does not exist", name, folder)
-            return 2
-    cases = list_cases(gt_dir)
-    if not cases:
-        log.error("no ground-truth files <case>%s in %s", SUFFIX, gt_dir)
+    cases = cases_to_score(pred_dir, gt_dir)
+    if cases is None:
         return 2
     metadata = _load_metadata(dataset_json)
     rows, false_positives, unreadable = [], {}, 0
@@ -209,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.lesions",
         description="Per-lesion detection rates of predicted masks, by size and host organ.")
-    parser.add_argument("-p", "--pred", required=True, type=Path,
-                        help="folder of predictions <case>.nii.gz")
-    parser.add_argument("-g", "--gt", required=True, type=Path,
-                        help="folder of ground-truth labels <case>.nii.gz")
+    add_folder_arguments(parser)
     parser.add_argument("--dataset-json", type=Path,
                         help="lesion descriptions (default: dataset.json beside the "
                              "ground-truth folder, when there is one)")
