@@ -65,11 +65,10 @@ def dice_ce(logits, label, valid=None, smooth: float = 1e-5, dice: str = "batch"
         score = (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
         return ce + (1 - score)
     dims = tuple(range(1, p.dim()))
-    has_lesion = t.sum(dims) > 0
-    if not bool(has_lesion.any()):
-        return ce
+    has_lesion = (t.sum(dims) > 0).float()
     score = (2 * (p * t).sum(dims) + smooth) / (p.sum(dims) + t.sum(dims) + smooth)
-    return ce + (1 - score[has_lesion]).mean()
+    # A masked mean, not a branch on the mask: no host-device sync in the training loop.
+    return ce + ((1 - score) * has_lesion).sum() / has_lesion.sum().clamp_min(1.0)
 
 
 class DeepSupervisionLoss(torch.nn.Module):
