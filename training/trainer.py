@@ -259,11 +259,13 @@ def train(args) -> dict:
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
             scaler.step(optimizer)
             scaler.update()
-            losses.append(loss.item())
+            # kept on the device: a .item() per step would wait for the GPU every step
+            losses.append(loss.detach())
             foreground.append(batch["foreground"].float().mean().item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if i % 25 == 24:
+                bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
         scheduler.step()
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+        row = {"epoch": epoch, "train_loss": float(torch.stack(losses).float().mean()),
                "lr": optimizer.param_groups[0]["lr"],
                "temperature": float(network.dynamic_convs()[0].temperature)
                if network.dynamic_convs() else 1.0,
