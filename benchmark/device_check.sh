@@ -16,16 +16,8 @@ PRESET="${PRESET:-fast}"
 RES="${1:?results folder}"
 WHEELS="${2:-}"
 WORK="${TMPDIR:-/tmp}/flare-device"
-mkdir -p "$RES" "$WORK"
-cd "$(dirname "$0")/.." || exit 1
-export PYTHONUNBUFFERED=1
-if [ -n "$WHEELS" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$WORK/site" "$WHEELS"/*.whl || exit 1
-    export PYTHONPATH="$WORK/site:$PWD"
-else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# shellcheck source=benchmark/device_env.sh
+. "$(dirname "$0")/device_env.sh"
 
 step() {  # step SECONDS NAME COMMAND...
     limit=$1 name=$2
