@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
                    help="lesion-probability cuts to try (default 0.3 0.4 0.5)")
     p.add_argument("--volumes", type=float, nargs="+", metavar="MM3")
     p.add_argument("--confidences", type=float, nargs="+")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes scoring the cases (the grid, not the prediction)")
     p.add_argument("--dry-run", action="store_true", help="print the table, keep the plan")
     _common(p)
 

@@ -110,7 +110,7 @@ def run_demo(args) -> dict:
           "--checkpoint", cfg["checkpoint"], *quiet], logs)
     tune = work / "tune"
     table = _run(["-m", "training", "thresholds", "-w", str(weights), "-d", str(tune),
-                  "--cases", *case_ids(tune), *quiet], logs)
+                  "--cases", *case_ids(tune), "--workers", str(cfg["threads"]), *quiet], logs)
     timings["export_thresholds_s"] = time.perf_counter() - t
     t = time.perf_counter()
     predictions = work / "test_predictions"

@@ -26,8 +26,11 @@ validation cases say accuracy does not pay for it.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,20 +71,48 @@ def decide(pred: CasePrediction, threshold: float, min_volume: float, min_confid
     return pred.to_input(pred.probability, kept, threshold)
 
 
+def case_scores(pred: CasePrediction, triples) -> np.ndarray:
+    """(DSC, NSD) of one case under each (threshold, volume, confidence) triple."""
+    return np.array([score_case(decide(pred, *triple), pred.label, pred.label_spacing_zyx)
+                     for triple in triples], dtype=np.float64).reshape(len(triples), 2)
+
+
+# The cases a worker pool scores. Workers are forked after it is set, so they inherit the
+# predictions (their restore closures cannot be pickled) and only indices and scores travel.
+_POOL_CASES: list[CasePrediction] = []
+
+
+def _pool_case_scores(index: int, triples) -> np.ndarray:
+    return case_scores(_POOL_CASES[index], triples)
+
+
+def all_case_scores(predictions: list[CasePrediction], triples, workers: int = 1) -> np.ndarray:
+    """(cases, triples, 2) scores, the cases spread over ``workers`` forked processes."""
+    global _POOL_CASES
+    workers = min(workers, len(predictions))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return np.stack([case_scores(p, triples) for p in predictions])
+    _POOL_CASES = predictions
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return np.stack(list(pool.map(_pool_case_scores, range(len(predictions)),
+                                          [triples] * len(predictions))))
+    finally:
+        _POOL_CASES = []
+
+
 def grid_search(predictions: list[CasePrediction], thresholds=DECISION_THRESHOLDS,
-                volumes=VOLUMES_MM3, confidences=CONFIDENCES) -> tuple[list[dict], dict]:
+                volumes=VOLUMES_MM3, confidences=CONFIDENCES,
+                workers: int = 1) -> tuple[list[dict], dict]:
     """Score every (threshold, volume, confidence) triple; returns (table rows, best row)."""
+    triples = list(itertools.product(thresholds, volumes, confidences))
+    scores = all_case_scores(predictions, triples, workers)
     rows = []
-    for threshold in thresholds:
-        for volume in volumes:
-            for confidence in confidences:
-                scores = [score_case(decide(p, threshold, volume, confidence), p.label,
-                                     p.label_spacing_zyx) for p in predictions]
-                dsc = float(np.mean([s[0] for s in scores]))
-                nsd = float(np.mean([s[1] for s in scores]))
-                rows.append({"threshold": float(threshold), "min_volume_mm3": float(volume),
-                             "min_confidence": float(confidence), "dsc": dsc, "nsd": nsd,
-                             "score": (dsc + nsd) / 2})
+    for (threshold, volume, confidence), (dsc, nsd) in zip(triples, scores.mean(axis=0)):
+        dsc, nsd = float(dsc), float(nsd)
+        rows.append({"threshold": float(threshold), "min_volume_mm3": float(volume),
+                     "min_confidence": float(confidence), "dsc": dsc, "nsd": nsd,
+                     "score": (dsc + nsd) / 2})
     top = max(r["score"] for r in rows)
     tied = [r for r in rows if r["score"] >= top - 1e-9]
     return rows, tied[len(tied) // 2]
@@ -184,7 +215,8 @@ def run_thresholds(args) -> dict:
     for step in steps:
         tables[step], best_by_step[step] = grid_search(
             predictions[step], args.decision_thresholds or DECISION_THRESHOLDS,
-            args.volumes or VOLUMES_MM3, args.confidences or CONFIDENCES)
+            args.volumes or VOLUMES_MM3, args.confidences or CONFIDENCES,
+            getattr(args, "workers", 1))
     step = choose_step(best_by_step)
     best = dict(best_by_step[step], tile_step=step)
     for each, rows in tables.items():

@@ -33,6 +33,16 @@ def test_grid_search_picks_the_obvious_optimum():
     assert worst["score"] < best["score"]
 
 
+def test_worker_processes_score_the_grid_exactly_as_one_process():
+    """Cases carry unpicklable restore closures (lambdas here): forked workers inherit them."""
+    cases = [_case("a"), _case("b"), _case("healthy", lesion=False)]
+    grid = dict(thresholds=(0.3, 0.5), volumes=(0, 20, 2000), confidences=(0, 0.8))
+    serial_rows, serial_best = grid_search(cases, **grid)
+    rows, best = grid_search(cases, **grid, workers=2)
+    assert rows == serial_rows and best == serial_best
+    assert len({(r["dsc"], r["nsd"]) for r in rows}) > 1  # the grid is not uniform
+
+
 def test_grid_search_lowers_the_decision_threshold_when_lesions_are_underconfident():
     """A lesion predicted at p 0.4 throughout (a small lesion blurred over coarse voxels)."""
     p = np.zeros((40, 40, 40), np.float32)
