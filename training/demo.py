@@ -5,7 +5,8 @@ weights folder -> thresholds on tuning phantoms (seed 3000) that training never 
 held-out phantoms (seed 1000) predicted by ``predict.sh``'s own CLI (``python -m
 inference``) and scored with ``python -m benchmark.evaluate``. Each stage is the public
 CLI in a subprocess, so the log shows the exact commands; a stage whose output exists is
-skipped (rerun to resume; delete WORK_DIR to start over). The summary lands in WORK_DIR/summary.json.
+skipped (rerun to resume; delete WORK_DIR to start over). The summary lands in
+WORK_DIR/summary.json.
 """
 
 from __future__ import annotations
