@@ -88,16 +88,18 @@ def measure(device, form: str, amp: str, args) -> dict:
         scaler.step(optimizer)
         scaler.update()
 
+    functions = {"to_device": to_device, "augment": augmented, "forward": forward,
+                 "loss": loss, "backward": backward, "optimiser": step}
+
     def whole():
-        to_device(), augmented(), forward(), loss(), backward(), step()
+        for fn in functions.values():
+            fn()
 
     for _ in range(args.warmup):
         whole()
-    pieces = dict.fromkeys(("to_device", "augment", "forward", "loss", "backward",
-                            "optimiser"), 0.0)
-    functions = (to_device, augmented, forward, loss, backward, step)
+    pieces = dict.fromkeys(functions, 0.0)
     for _ in range(args.steps):  # one step piece by piece, the device drained around each
-        for name, fn in zip(pieces, functions):
+        for name, fn in functions.items():
             _sync(device)
             t = time.perf_counter()
             fn()
