@@ -22,7 +22,7 @@ from inference.plans import Plan
 from training.augment import AUGMENTATIONS, augment
 from training.loss import DeepSupervisionLoss
 from training.sampling import window_size
-from training.trainer import amp_dtype, build_network
+from training.trainer import amp_dtype, apply_gradients, build_network
 
 
 def synthetic_batch(batch: int, context: int, window, generator: torch.Generator):
@@ -83,10 +83,7 @@ def measure(device, form: str, amp: str, args) -> dict:
         scaler.scale(state["loss"]).backward()
 
     def step():
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-        scaler.step(optimizer)
-        scaler.update()
+        apply_gradients(network, optimizer, scaler)
 
     functions = {"to_device": to_device, "augment": augmented, "forward": forward,
                  "loss": loss, "backward": backward, "optimiser": step}

@@ -41,6 +41,7 @@ from training.sampling import BatchStream, PatchSampler, load_cases
 from training.validation import validate
 
 log = logging.getLogger(__name__)
+GRAD_CLIP = 12.0  # gradient-norm clip of every step (nnU-Net's)
 
 LAST, BEST, SPLIT = "checkpoint_last.pt", "checkpoint_best.pt", "split.json"
 T_START, T_END = 30.0, 1.0
@@ -126,6 +127,14 @@ def _setup_distributed(device_arg: str):
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, rank, world
+
+
+def apply_gradients(network, optimizer, scaler, max_norm: float = GRAD_CLIP) -> None:
+    """The optimiser half of a step: unscale (fp16), clip the gradient norm, step, rescale."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(network.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def build_network(plan: Plan):
@@ -255,10 +264,7 @@ def train(args) -> dict:
             loss = loss_fn([o.float() for o in outputs], label, batch["partial"].to(device))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
+            apply_gradients(network, optimizer, scaler)
             # kept on the device: a .item() per step would wait for the GPU every step
             losses.append(loss.detach())
             foreground.append(batch["foreground"].float().mean().item())
