@@ -127,13 +127,13 @@ def main(argv=None) -> int:
 
 def _uses_torch(args) -> bool:
     """Whether the predictor will build the torch backend (as ``choose_backend`` decides)."""
-    if args.backend != "auto":
-        return args.backend == "torch"
-    if args.device == "auto":
-        from inference.backends import gpu_count
+    from inference.backends import gpu_count, torch_installed
 
-        return gpu_count() > 0
-    return args.device != "cpu"
+    if args.backend != "auto":
+        return args.backend == "torch" and torch_installed()
+    if args.device == "auto":
+        return gpu_count() > 0 and torch_installed()
+    return args.device != "cpu" and torch_installed()
 
 
 def _torch_after_read(first_read) -> None:

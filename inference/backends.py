@@ -9,6 +9,7 @@ CPU (measured: benchmark/results/).
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 
 import numpy as np
@@ -55,12 +56,26 @@ def resolve_device(requested: str) -> str:
     raise DeviceError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
 
 
+def torch_installed() -> bool:
+    """Whether torch can be imported here, found without importing it (an image may lack it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
 def choose_backend(requested: str, device: str) -> str:
-    if requested == "auto":
-        return "onnx" if device == "cpu" else "torch"
-    if requested not in ("torch", "onnx"):
+    """``auto``: torch on a GPU, onnxruntime on the CPU or where torch is not installed."""
+    if requested not in ("auto", "torch", "onnx"):
         raise DeviceError(f"--backend must be auto, torch or onnx, got {requested!r}")
-    return requested
+    if requested == "torch" and not torch_installed():
+        raise DeviceError("--backend torch: torch is not installed here; use --backend onnx")
+    if requested != "auto":
+        return requested
+    if device == "cpu":
+        return "onnx"
+    if not torch_installed():
+        log.warning("torch is not installed here: running onnxruntime instead of torch on %s",
+                    device)
+        return "onnx"
+    return "torch"
 
 
 class OnnxBackend:

@@ -43,3 +43,16 @@ def test_cuda_modes_agree_with_fp32_and_pad_small_batches(tiny_weights, tiles, m
     assert part.shape == (2, 64, 64)
     assert float((full - reference).abs().max()) < 1e-2
     assert float((part - full[:2]).abs().max()) < 1e-2
+
+
+def test_auto_runs_onnxruntime_on_a_gpu_when_torch_is_missing(monkeypatch, caplog):
+    # An image built on a base without torch (container/build.sh --local-base) on a GPU machine.
+    from inference import backends
+
+    assert backends.choose_backend("auto", "cuda:0") == "torch"
+    monkeypatch.setattr(backends, "torch_installed", lambda: False)
+    assert backends.choose_backend("auto", "cuda:0") == "onnx"
+    assert "torch is not installed" in caplog.text
+    assert backends.choose_backend("auto", "cpu") == "onnx"
+    with pytest.raises(DeviceError, match="torch is not installed"):
+        backends.choose_backend("torch", "cuda:0")

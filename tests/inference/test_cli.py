@@ -77,6 +77,23 @@ def test_onnx_path_never_imports_torch(inputs, tmp_path, tiny_weights):
     check_outputs(inputs, tmp_path, ["lps", "ras"])
 
 
+def test_onnx_path_writes_nothing_but_the_masks(inputs, tmp_path, tiny_weights):
+    # onnxruntime's telemetry stores a device id under ~/.cache unless it is switched off;
+    # it also stays quiet under CI, so the markers of a CI machine are removed here.
+    home, outputs = tmp_path / "home", tmp_path / "outputs"
+    home.mkdir()
+    ci_markers = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TF_BUILD",
+                  "ORT_DISABLE_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in ci_markers}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs),
+           "--weights", str(tiny_weights), "--backend", "onnx", "--device", "cpu", "--quiet"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert list(home.rglob("*")) == []
+    assert sorted(p.name for p in outputs.iterdir()) == ["lps.nii.gz", "ras.nii.gz"]
+
+
 def test_predict_sh_runs_on_a_workspace_folder(inputs, tmp_path, tiny_weights):
     workspace_in, workspace_out = tmp_path / "inputs", tmp_path / "outputs"
     shutil.copytree(inputs, workspace_in)

@@ -1,0 +1,109 @@
+"""Check a container run's output folder as the organisers' evaluation would read it.
+
+    python3 container/verify.py --inputs DIR --outputs DIR [--same-as DIR] [--empty]
+
+For every ``<case>_0000.nii.gz`` in the inputs there must be exactly one ``<case>.nii.gz``
+in the outputs and nothing else (no hidden temporaries, no folders): uint8 voxels with values
+in {0, 1}, on exactly the input's grid (size, spacing, origin and direction compared as
+SimpleITK reads them, without tolerance, because the evaluation compares arrays directly).
+``--same-as`` also requires the masks to equal those of another run voxel for voxel;
+``--empty`` requires an empty output folder (a run that was meant to fail).
+
+It reads files with SimpleITK and numpy only, never with the project's own code, so it
+checks the container rather than agreeing with it. One line per case; exit code 1 if any
+check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+SUFFIX = "_0000.nii.gz"
+
+
+def expected_masks(inputs: Path) -> dict[str, Path]:
+    """``<case>.nii.gz`` -> its input, for the input files the container is meant to read."""
+    return {p.name[: -len(SUFFIX)] + ".nii.gz": p for p in sorted(inputs.iterdir())
+            if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file()}
+
+
+def grid(image: sitk.Image) -> dict:
+    return {"size": image.GetSize(), "spacing": image.GetSpacing(),
+            "origin": image.GetOrigin(), "direction": image.GetDirection()}
+
+
+def check_mask(mask_path: Path, input_path: Path, same_as: Path | None) -> list[str]:
+    """What is wrong with one mask (an empty list when nothing is)."""
+    try:
+        mask = sitk.ReadImage(str(mask_path))
+    except RuntimeError as error:
+        return [f"unreadable ({str(error).strip().splitlines()[-1]})"]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(input_path))
+    reader.ReadImageInformation()
+    reference = {"size": reader.GetSize(), "spacing": reader.GetSpacing(),
+                 "origin": reader.GetOrigin(), "direction": reader.GetDirection()}
+    problems = [f"{key} {value} differs from the input's {reference[key]}"
+                for key, value in grid(mask).items() if value != reference[key]]
+    if mask.GetPixelID() != sitk.sitkUInt8:
+        problems.append(f"voxel type {mask.GetPixelIDTypeAsString()}, not 8-bit unsigned")
+    values = np.unique(sitk.GetArrayViewFromImage(mask))
+    if not set(values.tolist()) <= {0, 1}:
+        problems.append(f"values {values[:10].tolist()} outside {{0, 1}}")
+    if same_as is not None:
+        other = same_as / mask_path.name
+        if not other.is_file():
+            problems.append(f"{other} is missing, nothing to compare with")
+        else:
+            a = sitk.GetArrayFromImage(mask)
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(other)))
+            if a.shape != b.shape or not np.array_equal(a, b):
+                differ = int(np.count_nonzero(a != b)) if a.shape == b.shape else "all"
+                problems.append(f"differs from {other} in {differ} voxels")
+    return problems
+
+
+def verify(inputs: Path, outputs: Path, same_as: Path | None = None,
+           empty: bool = False) -> list[str]:
+    """Every problem found, one line each, prefixed by the file it is about."""
+    if not outputs.is_dir():
+        return [f"{outputs}: no output folder"]
+    found = sorted(p.name for p in outputs.iterdir())
+    if empty:
+        return [f"{outputs}: should be empty, holds {', '.join(found)}"] if found else []
+    expected = expected_masks(inputs)
+    if not expected:
+        return [f"{inputs}: no <case>{SUFFIX} to check against"]
+    problems = [f"{outputs / name}: not a mask of any input (stray file)"
+                for name in found if name not in expected]
+    problems += [f"{outputs / name}: missing" for name in expected if name not in found]
+    for name in sorted(set(expected) & set(found)):
+        path = outputs / name
+        problems += [f"{path}: {problem}"
+                     for problem in check_mask(path, expected[name], same_as)]
+    return problems
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 container/verify.py", description=__doc__.split(
+        "\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inputs", required=True, type=Path)
+    p.add_argument("--outputs", required=True, type=Path)
+    p.add_argument("--same-as", type=Path, default=None,
+                   help="another run's output folder whose masks these must equal")
+    p.add_argument("--empty", action="store_true", help="the output folder must be empty")
+    args = p.parse_args(argv)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    problems = verify(args.inputs, args.outputs, args.same_as, args.empty)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

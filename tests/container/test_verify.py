@@ -1,0 +1,83 @@
+"""container/verify.py, the image check's judge of masks: it must catch what the evaluation would."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("container_verify", ROOT / "container" / "verify.py")
+verify_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(verify_module)
+verify = verify_module.verify
+
+
+def image(array, spacing=(0.8, 0.8, 2.5), origin=(-100.0, 20.0, 5.0)):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    return img
+
+
+@pytest.fixture
+def run(tmp_path):
+    inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
+    inputs.mkdir()
+    outputs.mkdir()
+    ct = np.full((6, 10, 12), -1000, np.int16)
+    sitk.WriteImage(image(ct), str(inputs / "case_0000.nii.gz"))
+    mask = np.zeros(ct.shape, np.uint8)
+    mask[2:4, 3:6, 4:8] = 1
+    sitk.WriteImage(image(mask), str(outputs / "case.nii.gz"))
+    return inputs, outputs, mask
+
+
+def test_a_correct_mask_passes(run):
+    inputs, outputs, _ = run
+    assert verify(inputs, outputs) == []
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: image(m, spacing=(0.8, 0.8, 2.5001)), "spacing"),
+    (lambda m: image(m, origin=(-100.0, 20.0, 5.5)), "origin"),
+    (lambda m: image(m[:, :, :-1]), "size"),
+    (lambda m: image(m.astype(np.int16)), "voxel type"),
+    (lambda m: image(m * 2), "outside {0, 1}"),
+])
+def test_wrong_grid_type_or_values_are_caught(run, change, expected):
+    inputs, outputs, mask = run
+    sitk.WriteImage(change(mask), str(outputs / "case.nii.gz"))
+    problems = verify(inputs, outputs)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_stray_missing_and_hidden_files_are_caught(run):
+    inputs, outputs, _ = run
+    (outputs / ".case.3f2a.nii.gz").write_bytes(b"")
+    sitk.WriteImage(image(np.zeros((6, 10, 12), np.int16)), str(inputs / "other_0000.nii.gz"))
+    problems = verify(inputs, outputs)
+    assert any("stray" in p and ".case.3f2a" in p for p in problems)
+    assert any("other.nii.gz: missing" in p for p in problems)
+
+
+def test_masks_must_equal_the_reference_run(run, tmp_path):
+    inputs, outputs, mask = run
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    changed = mask.copy()
+    changed[0, 0, 0] = 1
+    sitk.WriteImage(image(changed), str(reference / "case.nii.gz"))
+    problems = verify(inputs, outputs, same_as=reference)
+    assert len(problems) == 1 and "differs" in problems[0] and "in 1 voxels" in problems[0]
+    assert verify(inputs, outputs, same_as=outputs) == []
+
+
+def test_a_run_meant_to_fail_must_leave_the_folder_empty(run, tmp_path):
+    inputs, outputs, _ = run
+    assert "should be empty" in verify(inputs, outputs, empty=True)[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert verify(inputs, empty, empty=True) == []
