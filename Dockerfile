@@ -13,6 +13,7 @@ ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime
 # their own folder so the final image holds neither the wheels nor pip's leftovers. pip
 # itself runs from its wheel, so the base needs no pip.
 FROM ${BASE_IMAGE} AS packages
+LABEL org.opencontainers.image.title=flare-nnsam
 COPY container/wheelhouse/ /wheelhouse/
 RUN python3 "$(ls /wheelhouse/pip-*.whl)/pip" install --no-index --find-links /wheelhouse \
         --no-cache-dir --disable-pip-version-check --no-warn-script-location \
@@ -23,6 +24,7 @@ RUN python3 "$(ls /wheelhouse/pip-*.whl)/pip" install --no-index --find-links /w
 
 # Stage 2: the image the organisers run.
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=flare-nnsam
 ENV PYTHONPATH=/opt/flare-nnsam/site-packages \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -123,13 +123,19 @@ def local_command(timings_json: Path | None, weights: Path | None = None,
     return cmd + list(extra)
 
 
-def docker_command(image: str, inputs: Path, outputs: Path, gpu_index: int = 0) -> list[str]:
-    """The organisers' command line, unchanged but for the GPU index and the folders."""
-    return ["docker", "container", "run", "--shm-size=28gb", "-m", "28G",
-            f"--gpus=device={gpu_index}", "--rm",
+def docker_command(image: str, inputs: Path, outputs: Path, gpu_index: int | None = 0,
+                   predict_args: str = "", docker_options: Sequence[str] = ()) -> list[str]:
+    """The organisers' command line, unchanged but for the GPU index and the folders.
+
+    ``gpu_index`` None leaves ``--gpus`` out (Docker refuses it on a machine without a GPU);
+    ``predict_args`` are appended to ``sh predict.sh``, ``docker_options`` before the image.
+    """
+    gpus = [f"--gpus=device={gpu_index}"] if gpu_index is not None else []
+    return ["docker", "container", "run", "--shm-size=28gb", "-m", "28G", *gpus, "--rm",
+            *docker_options,
             "-v", f"{inputs.resolve()}/:/workspace/inputs/",
             "-v", f"{outputs.resolve()}/:/workspace/outputs/",
-            image, "/bin/bash", "-c", "sh predict.sh"]
+            image, "/bin/bash", "-c", f"sh predict.sh {predict_args}".strip()]
 
 
 def _stage_input(source: Path, inputs: Path) -> Path:

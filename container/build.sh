@@ -87,7 +87,7 @@ rm -rf container/wheelhouse
 mkdir -p container/wheelhouse
 say "downloading the wheelhouse for cp$pyver"
 # shellcheck disable=SC2086
-python3 -m pip download --quiet --disable-pip-version-check --dest container/wheelhouse \
+python3 -m pip download --quiet --quiet --disable-pip-version-check --dest container/wheelhouse \
     --only-binary=:all: --implementation cp --python-version "$pyver" \
     --abi "cp$pyver" --abi abi3 --abi none $platforms \
     -r container/requirements.txt "pip==25.3" >&2 \
@@ -99,6 +99,9 @@ docker build --network none --build-arg BASE_IMAGE="$base" -t "$tag" . >"$work/b
     tail -n 20 "$work/build.log" >&2
     fail "docker build failed (last lines above)"
 }
+# Untagged leftovers of earlier builds (stage 1, images the tag moved away from): hundreds
+# of MB each on a machine that builds often. Both stages carry the label.
+docker image prune -f --filter label=org.opencontainers.image.title=flare-nnsam >/dev/null
 size=$(docker image inspect -f '{{.Size}}' "$tag")
 base_size=$(docker image inspect -f '{{.Size}}' "$base")
 say "built $tag: $((size / 1000000)) MB ($((base_size / 1000000)) MB of it the base $base)"

@@ -111,7 +111,8 @@ def main(argv=None) -> int:
                             first_read=first_read)
     if args.timings_json:
         args.timings_json.write_text(json.dumps(
-            {"startup_s": predictor.startup_s, "ready_s": ready_s, "device": predictor.device,
+            {"startup_s": predictor.startup_s, "ready_s": ready_s,
+             "finished_s": time.perf_counter() - START, "device": predictor.device,
              "backend": predictor.backend.name,
              "cases": [{"case": r.case, "error": r.error, **r.timings} for r in results]},
             indent=2) + "\n")
