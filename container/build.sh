@@ -30,7 +30,8 @@ docker info >/dev/null 2>&1 || fail "the Docker daemon is not running or not rea
 python3 -m pip --version >/dev/null 2>&1 || fail "python3 with pip is needed to download the wheelhouse"
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 make_local_base() {
     # Debian's minimal system plus python3; docs, locales and package lists removed.

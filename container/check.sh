@@ -25,7 +25,8 @@ docker image inspect "$image" >/dev/null 2>&1 || { say "error: no image $image h
 [ "$(id -u)" = 0 ] || { say "error: run as root (output folders are made root-owned, as a harness makes them)"; exit 2; }
 work=$(mktemp -d)
 chmod 755 "$work"
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 mkdir -p "$work/cases"
 python3 -m training.phantoms -o "$work/phantoms" -n 2 --shape 160 160 40 --seed 2415 \
