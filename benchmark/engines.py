@@ -6,8 +6,8 @@
 What is compared, and why it is fair:
 
 - Input: a phantom CT built directly at the plan's target spacing (the shape the engine
-  sees after preprocessing), normalised as the plan says; its body mask is
-  ``HU > body_threshold_hu``. One input, saved once, read by every run.
+  sees after preprocessing), normalised as the plan says; its body mask is the container's
+  (``inference.preprocess.body_mask``). One input, saved once, read by every run.
 - Network: ``LesionProbability(build_model(preset))`` from one seed, eval mode, the
   same in every run; on CUDA both engines call it under the same fp16 autocast.
 - 2.5D for MONAI: MONAI's inferer is 2D over a (Z, 3, Y, X) stack whose channels are

@@ -3,12 +3,14 @@
 Ours is ``inference.sliding_window.sliding_window``; MONAI's is
 ``monai.inferers.sliding_window_inference`` run 2D over each slice's 3-slice stack with
 the slices as its batch. Both call the same network through the same ``predict``
-function (fp16 autocast on CUDA). ``benchmark.engines`` says why this is fair.
+function (the container's ``inference.pipeline.network_forward``, fp16 autocast on
+CUDA). ``benchmark.engines`` says why this is fair.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 
@@ -16,16 +18,17 @@ import numpy as np
 def make_input(shape_zyx, preset: str = "fast", seed: int = 0):
     """A normalised phantom volume at the plan's target spacing and its body mask."""
     from inference.plans import Plan
+    from inference.preprocess import body_mask
     from training.phantoms import make_phantom
 
     plan = Plan(preset=preset)
     z, y, x = shape_zyx
     phantom = make_phantom((x, y, z), plan.target_spacing, seed=seed, dtype="float32")
     hu = phantom.image.astype(np.float32)
-    body = hu > plan.body_threshold_hu
     n = plan.normalization  # the same clip and z-score as inference.preprocess
-    volume = (np.clip(hu, n.clip_low, n.clip_high) - n.mean) / n.std
-    return np.ascontiguousarray(volume, np.float32), body
+    volume = np.ascontiguousarray((np.clip(hu, n.clip_low, n.clip_high) - n.mean) / n.std,
+                                  np.float32)
+    return volume, body_mask(volume, plan)
 
 
 def make_network(preset: str, seed: int = 0, device: str = "cpu"):
@@ -41,14 +44,9 @@ def make_network(preset: str, seed: int = 0, device: str = "cpu"):
 def _predict_fn(model, device):
     import torch
 
-    fp16 = torch.device(device).type == "cuda"
+    from inference.pipeline import network_forward
 
-    def predict(tiles):
-        with torch.inference_mode(), torch.autocast(torch.device(device).type, torch.float16,
-                                                    enabled=fp16):
-            return model(tiles).float()
-
-    return predict
+    return partial(network_forward, model, autocast=torch.device(device).type == "cuda")
 
 
 def ours_engine(volume, model, patch, overlap: float, batch_size: int, body=None,

@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 from inference.plans import Plan
-from training.augment import AUGMENTATIONS, augment
+from training.augment import AUGMENTATIONS, augment, window_for
 from training.loss import DeepSupervisionLoss
-from training.sampling import window_size
 from training.trainer import amp_dtype, apply_gradients, build_network
 
 
@@ -54,7 +53,7 @@ def measure(device, form: str, amp: str, args) -> dict:
     config = AUGMENTATIONS["light"]
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
-    cpu_batch = synthetic_batch(args.batch, plan.context_slices, window_size(plan.patch_size),
+    cpu_batch = synthetic_batch(args.batch, plan.context_slices, window_for(plan.patch_size, config),
                                 torch.Generator().manual_seed(0))
     state = {}
 

@@ -15,6 +15,7 @@ import logging
 import numpy as np
 
 from inference import weights as weights_io
+from inference.pipeline import network_forward
 from inference.plans import Plan
 
 log = logging.getLogger(__name__)
@@ -187,12 +188,9 @@ class TorchBackend:
             self.device)
 
     def _forward(self, tiles):
-        torch = self.torch
         if self.half:
             tiles = tiles.half()
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.float16,
-                                                    enabled=self.fp16 and not self.half):
-            return self.model(tiles).float()
+        return network_forward(self.model, tiles, autocast=self.fp16 and not self.half)
 
     def __call__(self, tiles):
         if self.device.type != "cuda":

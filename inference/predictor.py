@@ -1,8 +1,9 @@
 """The predictor: a model loaded once, then fed cases; reading and writing overlap compute.
 
 Data flows one way: read -> preprocess -> sliding window -> decide and filter at
-network resolution -> restore onto the input grid -> write. Each stage's time is logged
-per case. Training's threshold search and pseudo-labelling use this same class.
+network resolution -> restore onto the input grid -> write, the steps after
+preprocessing being ``inference.pipeline``'s. Each stage's time is logged per case.
+Training's threshold search and pseudo-labelling use this same class.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from inference import nifti
 from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
                                 resolve_device)
 from inference.budget import CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, memory_fraction
+from inference.pipeline import decide, network_probability
 from inference.plans import Plan
-from inference.postprocess import remove_components
-from inference.preprocess import pad_value, preprocess, restore, restore_probability
+from inference.preprocess import Prepared, preprocess, restore, restore_probability
 from inference.reading import FirstRead, cases_to_do, timed_read
-from inference.sliding_window import sliding_window
 from inference.weights import load_plan
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,26 @@ class Predictor:
         slab = int(np.clip(budget // (2 * plane_bytes), 1, 64))
         return slab, plane_bytes * shape[0] > budget
 
+    def prepare(self, volume: nifti.CtVolume) -> Prepared:
+        """The volume as the network sees it, on the backend's device."""
+        return preprocess(volume.array, volume.spacing, volume.direction, self.plan,
+                          self.backend.prepare)
+
+    def probability(self, prepared: Prepared, step: float | None = None,
+                    progress=None) -> np.ndarray:
+        """Lesion probability at network resolution of a prepared volume (with a body)."""
+        slab, to_host = self._blending(prepared.body.shape)
+        return network_probability(
+            prepared.volume, self.backend, self.plan, self.batch_size, step, prepared.body,
+            slab_slices=slab, to_host=to_host, oom_errors=self.backend.oom_errors,
+            progress=progress)
+
     def predict(self, volume: nifti.CtVolume, probabilities: bool = False,
                 progress=None) -> CaseResult:
         """Mask (uint8 z, y, x on the input grid) for one volume, with stage timings."""
         result = CaseResult(case=str(volume.path or "array"))
         t = time.perf_counter()
-        prepared = preprocess(volume.array, volume.spacing, volume.direction, self.plan,
-                              self.backend.prepare)
+        prepared = self.prepare(volume)
         result.timings["preprocess"] = _lap(t)
         post = self.plan.postprocessing
         if prepared.box is None:  # no body at all: nothing to find
@@ -111,20 +124,12 @@ class Predictor:
             result.probability = np.zeros(shape, np.float32) if probabilities else None
             return result
         t = time.perf_counter()
-        slab, to_host = self._blending(prepared.body.shape)
-        probability = sliding_window(
-            prepared.volume, self.backend, self.plan.patch_size, self.plan.tile_step,
-            self.plan.context_slices, self.batch_size, prepared.body, slab_slices=slab,
-            pad_value=pad_value(self.plan), oom_errors=self.backend.oom_errors,
-            progress=progress, to_host=to_host)
-        del prepared.volume
-        probability = probability if isinstance(probability, np.ndarray) else \
-            probability.cpu().numpy()
+        probability = self.probability(prepared, progress=progress)
+        prepared.volume = None
         self._release()
         result.timings["network"] = _lap(t)
         t = time.perf_counter()
-        kept = remove_components(probability > post.threshold, prepared.spacing_zyx,
-                                 post.min_volume_mm3, post.min_confidence, probability)
+        kept = decide(probability, prepared.spacing_zyx, post)
         result.timings["postprocess"] = _lap(t)
         t = time.perf_counter()
         result.mask = restore(probability, kept, prepared, post.threshold)

@@ -3,9 +3,10 @@
 preprocess: reorient to the plan's orientation (nearest axes) -> body crop -> box
 smoothing over the downsampling factor -> resample to the target spacing on the
 backend's device -> clip and z-score.
-restore: the lesion decision at network resolution -> linear upsampling of the kept
-lesion probability, only around kept lesions -> threshold -> paste into the
-uncropped grid -> undo the reorientation. The result lies exactly on the input grid.
+restore: the lesion decision at network resolution -> linear upsampling of the
+probability with removed components zeroed, only around kept lesions -> threshold ->
+paste into the uncropped grid -> undo the reorientation. The result lies exactly on
+the input grid.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Prepared:
     """A case ready for the sliding window, with what restore needs to undo it."""
 
     volume: object  # normalised (z, y, x) at network resolution: numpy or torch
-    body: np.ndarray | None  # boolean body mask at network resolution
+    body: np.ndarray | None  # body_mask(volume): which tiles the sliding window runs
     reorientation: Reorientation
     oriented_shape: tuple[int, int, int]
     box: tuple[slice, slice, slice] | None  # body crop in the oriented array; None: no body
@@ -150,8 +151,6 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
     widths = smoothing_widths(spacing, plan.target_spacing[::-1]) if plan.smoothing else None
     resampled = _resize_in_slabs(crop, shape, widths, to_device)
     del crop
-    body = resampled > plan.body_threshold_hu
-    body = body if isinstance(body, np.ndarray) else body.cpu().numpy()
     n = plan.normalization
     if isinstance(resampled, np.ndarray):
         np.clip(resampled, n.clip_low, n.clip_high, out=resampled)
@@ -161,7 +160,8 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
     resampled /= n.std
     net_spacing = tuple(c * s / r for c, s, r in
                         zip((b.stop - b.start for b in box), spacing, shape))
-    return Prepared(resampled, body, reorientation, oriented.shape, box, net_spacing)
+    return Prepared(resampled, body_mask(resampled, plan), reorientation, oriented.shape, box,
+                    net_spacing)
 
 
 def pad_value(plan: Plan) -> float:
@@ -170,17 +170,51 @@ def pad_value(plan: Plan) -> float:
     return (n.clip_low - n.mean) / n.std
 
 
+# A voxel must stand this far above the clip floor to count as body: the floor itself (air,
+# and all else the clip flattens) must stay out after rounding to float16.
+BODY_MARGIN_HU = 1.0
+
+
+def body_mask(volume, plan: Plan) -> np.ndarray:
+    """Boolean body mask of a normalised volume (numpy or torch): what the network tells from air.
+
+    It is computed from what the network sees, so the container's volume and training's
+    cache (the same volume stored as float16) give the same mask: voxels above
+    ``body_threshold_hu``, or above the clip floor when that is higher (below it every
+    voxel looks like air to the network). The float32 comparison is the one float16
+    rounding would give, without converting the volume.
+    """
+    n = plan.normalization
+    hu = max(plan.body_threshold_hu, n.clip_low + BODY_MARGIN_HU)
+    level = np.float16((hu - n.mean) / n.std)
+    above = np.nextafter(level, np.float16(np.inf))
+    # A float32 value rounds to ``above`` or higher from the midpoint on (from the midpoint
+    # itself only when round-half-to-even goes up: ``above`` has an even last bit).
+    mid = np.float32((float(level) + float(above)) / 2)
+    inclusive = int(above.view(np.uint16)) % 2 == 0
+    if isinstance(volume, np.ndarray):
+        return volume >= mid if inclusive else volume > mid
+    volume = volume.float()
+    body = volume >= float(mid) if inclusive else volume > float(mid)
+    return body.cpu().numpy()
+
+
 def restore(probability: np.ndarray, kept: np.ndarray, prepared: Prepared, threshold: float,
             to_device: Callable = np.asarray, margin: int = 1) -> np.ndarray:
     """uint8 {0,1} mask on the input grid from the kept lesions at network resolution.
 
-    Only the box around kept lesions is upsampled, so a case with few lesions (or none)
-    costs almost nothing here whatever its size.
+    Only the voxels of removed components are zeroed before the linear upsampling: a
+    kept lesion's edge is interpolated towards its neighbours' real probability, not
+    towards 0, which would shrink every lesion by up to a network voxel. Values under the
+    threshold interpolate to values under it, so the mask can only grow next to kept
+    lesions: only the box around them is upsampled, and a case with few lesions (or
+    none) costs almost nothing here whatever its size.
     """
     full = np.zeros(prepared.oriented_shape, np.uint8)
     if prepared.box is not None and kept.any():
         crop_shape = prepared.crop_shape
-        lesion = np.where(kept, probability, 0).astype(np.float32)
+        removed = (probability > threshold) & ~kept.astype(bool)
+        lesion = np.where(removed, 0, probability).astype(np.float32)
         region = []
         for axis in range(3):
             idx = np.flatnonzero(kept.any(axis=tuple(a for a in range(3) if a != axis)))

@@ -109,7 +109,9 @@ def parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default 1: this small network gains nothing from "
                         "more, and loses badly when the cores are shared)")
     p.add_argument("--time-limit-min", type=float, default=0,
-                   help="stop after the epoch that passes this many minutes (0: none)")
+                   help="training time budget, counted across --resume: the learning "
+                        "rate anneals over it (or over --epochs where those end first) and "
+                        "training stops after the epoch that passes it (0: none)")
     _common(p)
 
     p = sub.add_parser("export", help="run -> weights folder (+ torch/onnx parity check)")

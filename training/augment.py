@@ -1,10 +1,12 @@
 """Data augmentation on the whole batch, in torch (on the training device).
 
 Spatial (one affine resampling per sample, image and label through the same grid):
-rotation, scaling and mirroring; the window the sampler cut is larger than the patch,
-so the patch is read from its centre. Intensity: multiplicative brightness, contrast,
-gamma (statistics kept) and Gaussian noise. Probabilities and ranges follow nnU-Net's
-2D defaults; every draw is per sample.
+rotation, scaling and mirroring; the sampler cuts a window that holds the patch's
+footprint under the worst rotation and zoom-out (``window_for``, as nnU-Net sizes its
+initial patch), so the patch is read from its centre and never pulls in padding; the
+sampler also keeps a lesion's offset within ``lesion_reach``. Intensity: multiplicative
+brightness, contrast, gamma (statistics kept) and Gaussian noise. Probabilities and
+ranges follow nnU-Net's 2D defaults; every draw is per sample.
 """
 
 from __future__ import annotations
@@ -38,7 +40,64 @@ NO_AUGMENT = AugmentConfig(0, 0, 0, (1, 1), 0, 0, (1, 1), 0, (1, 1), 0, (1, 1), 
 # teach poses the scanner never shows, and a small network learns slower under them.
 LIGHT = AugmentConfig(rotation_deg=15.0, scale=(0.85, 1.25), brightness=(0.9, 1.1),
                       contrast=(0.9, 1.1), gamma=(0.8, 1.25), noise_variance=(0.0, 0.05))
-AUGMENTATIONS = {"nnunet": AugmentConfig(), "light": LIGHT, "none": None}
+NNUNET = AugmentConfig()
+AUGMENTATIONS = {"nnunet": NNUNET, "light": LIGHT, "none": None}
+
+
+def _ranges(config: AugmentConfig):
+    """Largest rotation (degrees), smallest and largest scale that ``spatial`` can draw."""
+    degrees = config.rotation_deg if config.p_rotation > 0 else 0.0
+    scales = ([1.0] if config.p_scale < 1 else []) + \
+        (list(config.scale) if config.p_scale > 0 else [])
+    return degrees, min(scales), max(scales)
+
+
+def _turned(half, degrees: float) -> tuple[float, float]:
+    """Half-sides (y, x) of the box holding a rectangle of half-sides ``half`` (y, x)
+    turned by any angle up to ``degrees`` either way."""
+    out = []
+    for a, b in (tuple(half), tuple(half)[::-1]):
+        # a |cos t| + b |sin t| grows until t = atan(b / a), then falls back
+        t = min(math.radians(abs(degrees)), math.atan2(b, a))
+        out.append(a * math.cos(t) + b * math.sin(t))
+    return out[0], out[1]
+
+
+def window_for(patch, config: AugmentConfig | None) -> tuple[int, int]:
+    """Window (wy, wx) to cut around a patch so that ``spatial`` never reads outside it.
+
+    ``spatial`` reads the patch's pixel centres turned by up to ``rotation_deg`` and
+    multiplied by the scale, so the largest scale (zoom out) reads the widest footprint.
+    The margin is even, so the patch sits exactly centred; ``None``: the patch itself.
+    """
+    if config is None:
+        return tuple(patch)
+    degrees, _, zoom_out = _ranges(config)
+    half = _turned([(p - 1) / 2 for p in patch], degrees)
+    # bilinear reads stay inside while the footprint's half side is at most (w - 1) / 2
+    need = [2 * zoom_out * h + 1 for h in half]
+    return tuple(p + 2 * max(0, math.ceil((n - p) / 2)) for p, n in zip(patch, need))
+
+
+def lesion_reach(patch, config: AugmentConfig | None) -> tuple[float, float]:
+    """Half-sides (y, x) of the box of offsets from the window's centre whose voxels
+    ``spatial`` puts inside the patch under every rotation and scale of ``config``.
+
+    Zooming in (the smallest scale) pushes a voxel furthest out. When the transform
+    interpolates, the box keeps one pixel clear of the patch's edge: the label is
+    resampled bilinearly, and a voxel just inside the last pixel centres can fall
+    between them.
+    """
+    half = [(p - 1) / 2 for p in patch]
+    if config is None:
+        return half[0], half[1]
+    degrees, zoom_in, zoom_out = _ranges(config)
+    if degrees or zoom_in != 1 or zoom_out != 1:
+        half = [max(h - 1, 0.0) for h in half]
+    turned = _turned(half, degrees)
+    # a box shaped as ``half``, turned and then divided by the smallest scale, must fit
+    k = min([1.0] + [zoom_in * h / t for h, t in zip(half, turned) if t > 0])
+    return k * half[0], k * half[1]
 
 
 def _uniform(n, low, high, generator, device):

@@ -6,10 +6,11 @@
 A perfect network outputs, for each voxel at the plan's spacing, the fraction of it that
 is lesion. This stage builds that output from each case's label (box averaging over the
 downsampling factor, then the same linear resampling the container uses for the image),
-and sends it through the container's own post-processing and restore: components under
-the minimum volume dropped, linear upsampling onto the input grid, threshold. The score
-against the label is what the plan's spacing, minimum volume and decision threshold
-leave attainable to a network that knows each voxel's lesion fraction. Lesions of a few
+and sends it through the container's own post-processing and restore
+(``inference.pipeline.mask_on_input``): components under the minimum volume (or
+confidence) dropped, linear upsampling onto the input grid, threshold. The score against
+the label is what the plan's spacing, minimum volume and decision threshold leave
+attainable to a network that knows each voxel's lesion fraction. Lesions of a few
 voxels at the plan's spacing lose much of their DSC in the round trip, the more so at a
 threshold of 0.5 (their coarse voxels are only partly lesion); a minimum volume larger
 than a case's only lesion scores that case 0. A network could beat this figure only by
@@ -29,10 +30,9 @@ import logging
 import numpy as np
 
 from benchmark.metrics import score_case
+from inference.pipeline import mask_on_input
 from inference.plans import Plan
-from inference.postprocess import remove_components
-from inference.preprocess import (_resize_in_slabs, network_shape, preprocess, restore,
-                                  smoothing_widths)
+from inference.preprocess import _resize_in_slabs, network_shape, preprocess, smoothing_widths
 from training.dataset import CaseError, DatasetError, list_dataset, read_case
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,7 @@ def ceiling_mask(volume, label: np.ndarray, plan: Plan) -> np.ndarray:
     oriented = prepared.reorientation.apply(label)[prepared.box]
     spacing = prepared.reorientation.spacing_zyx(volume.spacing)
     probability = ideal_probability(oriented, spacing, plan.target_spacing[::-1])
-    post = plan.postprocessing
-    kept = remove_components(probability > post.threshold, prepared.spacing_zyx,
-                             post.min_volume_mm3)
-    return restore(probability, kept, prepared, post.threshold)
+    return mask_on_input(probability, prepared, plan.postprocessing)
 
 
 def setting_name(spacing, min_volume, threshold) -> str:

@@ -3,8 +3,8 @@
 Writes plans.json, model.pt, model.onnx, model.json and SHA256SUMS with
 ``inference.weights.write_weights``, then checks that onnxruntime and torch agree:
 both backends predict one validation case of the run (the cached volume, through the
-container's sliding window) and the largest absolute probability difference must stay
-under ``tolerance``.
+container's ``inference.pipeline.network_probability``) and the largest absolute
+probability difference must stay under ``tolerance``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inference.pipeline import module_predictor, network_probability
 from inference.plans import Plan
-from inference.preprocess import pad_value
-from inference.sliding_window import sliding_window
 from inference.weights import write_weights
 from training.preprocessing import cached_cases, load_case
 from training.trainer import BEST, LAST, SPLIT, TrainingError, build_network
@@ -64,23 +63,14 @@ def check_parity(network, plan: Plan, weights_dir: Path, image: np.ndarray,
                  max_slices: int = 12) -> float:
     """Max |p_torch - p_onnx| over the central slices of ``image`` (network resolution)."""
     from inference.backends import OnnxBackend
-    from inference.model import LesionProbability
 
     nz = image.shape[0]
     z0 = max((nz - max_slices) // 2, 0)
     volume = np.ascontiguousarray(image[z0:z0 + max_slices], np.float32)
-    torch_model = LesionProbability(network).eval()
-
-    def torch_predict(tiles):
-        with torch.inference_mode():
-            return torch_model(tiles).float()
-
     onnx = OnnxBackend(weights_dir, "cpu", threads=1)
-    common = dict(patch=plan.patch_size, step=plan.tile_step, context=plan.context_slices,
-                  pad_value=pad_value(plan))
-    p_torch = sliding_window(torch.from_numpy(volume), torch_predict,
-                             batch_size=onnx.batch_size, **common).numpy()
-    p_onnx = sliding_window(volume, onnx, batch_size=onnx.batch_size, **common)
+    p_torch = network_probability(torch.from_numpy(volume), module_predictor(network, "cpu"),
+                                  plan, onnx.batch_size)
+    p_onnx = network_probability(volume, onnx, plan, onnx.batch_size)
     return float(np.abs(p_torch - p_onnx).max())
 
 

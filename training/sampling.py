@@ -3,7 +3,8 @@
 A sample is ``context`` neighbouring slices (edges replicated, as the sliding window
 does) cut to an in-plane window, plus the centre slice's label. About
 ``oversample`` of the samples (one third by default, as nnU-Net) are centred on a
-labelled lesion voxel with a random offset that keeps the voxel inside the patch;
+labelled lesion voxel with a random offset that keeps the voxel inside the patch after
+the worst rotation and zoom-in of the augmentation (``training.augment.lesion_reach``);
 the rest are drawn uniformly over the volume.
 
 Which lesion voxel (``lesion_sampling``): ``"voxel"`` draws one uniformly from the
@@ -11,7 +12,8 @@ case's lesion voxels (nnU-Net), so a 50 mm lesion is drawn a thousand times as o
 a 5 mm one in the same case; ``"lesion"`` first draws one of the case's lesions
 (26-connected components of the label) uniformly, then a voxel in it, so small and
 mid-sized lesions get as many samples as large ones. Windows are cut larger than the patch
-(``extent``) so rotation and scaling in ``training.augment`` never pull in padding.
+(``training.augment.window_for`` of the augmentation in use) so rotation and scaling in
+``training.augment`` never pull in padding.
 
 Seeds are a function of (seed, rank, epoch, worker), so a resumed run draws the same
 samples as an uninterrupted one and each DDP rank draws its own.
@@ -27,11 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from training.augment import NNUNET, AugmentConfig, lesion_reach, window_for
 from training.preprocessing import load_case
 
 OVERSAMPLE = 1 / 3
 LESION_SAMPLING = ("voxel", "lesion")
-EXTENT = 1.5  # window side / patch side: room for rotation (sqrt 2) and some zoom-out
 
 
 @dataclass
@@ -68,11 +70,6 @@ def lesion_components(label) -> list[np.ndarray]:
     return np.split(coords, np.flatnonzero(np.diff(owner)) + 1)
 
 
-def window_size(patch, extent: float = EXTENT) -> tuple[int, int]:
-    """Window side per axis: patch plus an even margin, so the patch sits exactly centred."""
-    return tuple(p + 2 * int(math.ceil(p * (extent - 1) / 2)) for p in patch)
-
-
 def cut(case: CachedCase, z: int, cy: int, cx: int, window, context: int, pad_value: float):
     """(context, wy, wx) image and (wy, wx) label centred on (z, cy, cx), padded outside."""
     nz, ny, nx = case.image.shape
@@ -92,11 +89,16 @@ def cut(case: CachedCase, z: int, cy: int, cx: int, window, context: int, pad_va
 
 
 class PatchSampler:
-    """Draws samples from cached cases; ``sample(rng)`` -> (image, label, partial, foreground)."""
+    """Draws samples from cached cases; ``sample(rng)`` -> (image, label, partial, foreground).
+
+    ``augmentation`` is the configuration ``training.augment`` will apply to the samples
+    (``None``: none); it sizes the window and bounds a lesion's offset in the patch.
+    """
 
     def __init__(self, cases: list[CachedCase], patch, context: int = 3,
                  oversample: float = OVERSAMPLE, pad_value: float = 0.0,
-                 extent: float = EXTENT, lesion_sampling: str = "voxel"):
+                 lesion_sampling: str = "voxel",
+                 augmentation: AugmentConfig | None = NNUNET):
         if not cases:
             raise ValueError("no training cases")
         if lesion_sampling not in LESION_SAMPLING:
@@ -105,7 +107,11 @@ class PatchSampler:
         self.lesion_sampling = lesion_sampling
         self.cases, self.patch, self.context = cases, tuple(patch), context
         self.oversample, self.pad_value = oversample, pad_value
-        self.window = window_size(patch, extent)
+        self.window = window_for(self.patch, augmentation)
+        # largest |offset| of the window's centre from the lesion voxel; the voxel sits half a
+        # pixel off an even window's centre, hence the - 0.5 (none: patch // 2 - 1, as before)
+        self.reach = tuple(max(0, math.floor(r - 0.5))
+                           for r in lesion_reach(self.patch, augmentation))
         self.with_lesions = [c for c in cases if len(c.coords)]
 
     def sample(self, rng: np.random.Generator):
@@ -117,9 +123,9 @@ class PatchSampler:
             else:
                 voxels = case.coords
             z, y, x = voxels[rng.integers(len(voxels))]
-            # the lesion voxel lands anywhere in the central patch, not always at its centre
-            cy = y + int(rng.integers(-(self.patch[0] // 2) + 1, self.patch[0] // 2))
-            cx = x + int(rng.integers(-(self.patch[1] // 2) + 1, self.patch[1] // 2))
+            # the lesion voxel lands anywhere in the patch that augmentation keeps it in
+            cy = y + int(rng.integers(-self.reach[0], self.reach[0] + 1))
+            cx = x + int(rng.integers(-self.reach[1], self.reach[1] + 1))
         else:
             case = self.cases[rng.integers(len(self.cases))]
             nz, ny, nx = case.image.shape

@@ -2,9 +2,9 @@
 
 Each validation case is read from its raw NIfTI file and predicted once with the
 inference package's own ``Predictor`` (its backend, plan, preprocessing and sliding
-window: the container's code) with post-processing disabled, keeping the lesion
-probability at network resolution. Then every (decision threshold, min component volume,
-min component confidence) triple is applied exactly as the container does (components at
+window: the container's code), keeping the lesion probability at network resolution.
+Then every (decision threshold, min component volume, min component confidence) triple
+is applied with the container's own ``inference.pipeline.mask_on_input`` (components at
 network resolution, restored onto the input grid) and scored against the label with the
 FLARE rules (``benchmark.metrics.score_case``; lesion-free cases score 1/1 only when
 empty). The triple with the best mean of DSC and NSD is written into the weights'
@@ -12,9 +12,9 @@ plans.json (and SHA256SUMS); ties go to the middle of the tied triples.
 
 The decision threshold is searched because 0.5 is not the best cut after linear
 upsampling: a lesion a few coarse voxels wide, whose voxels hold partly lesion, shrinks
-or vanishes at 0.5 (a network that outputs each coarse voxel's lesion fraction scores
-lesion DSC 0.80 on the demo's held-out phantoms at 0.5 and 0.93 at 0.35; see
-``python -m training ceiling``).
+or vanishes at 0.5 (spheres of radius 3 and 5 mm on a 0.8 x 0.8 x 2.5 mm grid, each
+2 x 2 x 3 mm voxel holding its exact lesion fraction, score DSC 0.63 and 0.88 at 0.5,
+0.88 and 0.96 at 0.35; ``python -m training ceiling`` measures it on a dataset).
 
 The tile step is chosen the same way: the validation cases are predicted at each step of
 ``--steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: about 2.2x fewer tiles),
@@ -33,14 +33,13 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from benchmark.metrics import score_case
-from inference.postprocess import remove_components
-from inference.preprocess import pad_value, preprocess, restore
-from inference.sliding_window import sliding_window
+from inference.pipeline import mask_on_input
+from inference.plans import PostProcessing
+from inference.preprocess import Prepared
 from inference.weights import PLANS, SUMS, load_plan, read_sums, sha256
 from training.dataset import CaseError, list_dataset, read_case
 from training.trainer import SPLIT, TrainingError
@@ -58,17 +57,16 @@ STEP_TOLERANCE = 0.01  # mean of DSC and NSD a larger step may lose
 class CasePrediction:
     case: str
     probability: np.ndarray  # lesion probability at network resolution
-    spacing_zyx: tuple  # network-resolution spacing
-    # (probability, kept, threshold) -> mask on the input grid
-    to_input: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+    prepared: Prepared  # the case's geometry (its volume dropped), for restoring
     label: np.ndarray  # on the input grid
     label_spacing_zyx: tuple
 
 
-def decide(pred: CasePrediction, threshold: float, min_volume: float, min_confidence: float):
-    kept = remove_components(pred.probability > threshold, pred.spacing_zyx, min_volume,
-                             min_confidence, pred.probability)
-    return pred.to_input(pred.probability, kept, threshold)
+def decide(pred: CasePrediction, threshold: float, min_volume: float,
+           min_confidence: float) -> np.ndarray:
+    """The container's mask on the input grid under one post-processing triple."""
+    post = PostProcessing(threshold, min_volume, min_confidence)
+    return mask_on_input(pred.probability, pred.prepared, post)
 
 
 def case_scores(pred: CasePrediction, triples) -> np.ndarray:
@@ -78,7 +76,7 @@ def case_scores(pred: CasePrediction, triples) -> np.ndarray:
 
 
 # The cases a worker pool scores. Workers are forked after it is set, so they inherit the
-# predictions (their restore closures cannot be pickled) and only indices and scores travel.
+# predictions (large arrays, not worth pickling) and only indices and scores travel.
 _POOL_CASES: list[CasePrediction] = []
 
 
@@ -122,28 +120,15 @@ def predict_case(predictor, entry, steps=None) -> dict[float, CasePrediction]:
     """Network-resolution probability of one raw case with the container's code, per tile
     step (the case is read and preprocessed once for all steps)."""
     volume, label = read_case(entry)
-    plan = predictor.plan
-    steps = [plan.tile_step] if steps is None else steps
-    prepared = preprocess(volume.array, volume.spacing, volume.direction, plan,
-                          predictor.backend.prepare)
-    if prepared.box is None:
-        empty = CasePrediction(entry.case, np.zeros((1, 1, 1), np.float32), (1.0, 1.0, 1.0),
-                               lambda p, k, t: np.zeros(label.shape, np.uint8), label,
-                               volume.spacing_zyx)
-        return {step: empty for step in steps}
-    out = {}
-    for step in steps:
-        probability = sliding_window(
-            prepared.volume, predictor.backend, plan.patch_size, step,
-            plan.context_slices, predictor.batch_size, prepared.body,
-            pad_value=pad_value(plan), oom_errors=predictor.backend.oom_errors)
-        probability = probability if isinstance(probability, np.ndarray) else \
-            probability.cpu().numpy()
-        out[step] = CasePrediction(entry.case, probability, prepared.spacing_zyx,
-                                   lambda p, k, t: restore(p, k, prepared, t),
-                                   label, volume.spacing_zyx)
-    prepared.volume = None
-    return out
+    steps = [predictor.plan.tile_step] if steps is None else steps
+    prepared = predictor.prepare(volume)
+    if prepared.box is None:  # no body: the container writes an empty mask
+        probabilities = {step: np.zeros((1, 1, 1), np.float32) for step in steps}
+    else:
+        probabilities = {step: predictor.probability(prepared, step) for step in steps}
+    prepared.volume = prepared.body = None  # kept with every case: only its geometry
+    return {step: CasePrediction(entry.case, probability, prepared, label, volume.spacing_zyx)
+            for step, probability in probabilities.items()}
 
 
 def validation_cases(args) -> list[str]:

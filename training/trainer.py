@@ -2,17 +2,22 @@
 
 Per epoch: ``iterations`` batches of 2.5D samples per process (foreground
 oversampling, ``training.sampling``), augmented on the device (``training.augment``),
-Dice + CE with deep supervision (``training.loss``), Adam + cosine annealing per epoch,
-dynamic-convolution temperature annealed linearly 30 -> 1 over the first
+Dice + CE with deep supervision (``training.loss``), Adam + cosine annealing per epoch
+over the run's progress (``progress``: its epochs, or its time budget where that runs out
+first), dynamic-convolution temperature annealed linearly 30 -> 1 over the first
 ``anneal_epochs`` (per iteration), mixed precision (fp16 with loss scaling on CUDA; bf16 on
-the CPU with ``--amp on``). Then rank 0 scores the validation split
-(``training.validation``), writes ``checkpoint_last.pt`` atomically (and
-``checkpoint_best.pt`` on a better validation score), ``metrics.csv``, ``curves.png``.
-A killed run resumed with ``--resume`` starts at the epoch after the last checkpoint.
+the CPU with ``--amp on``). Then the validation split is scored (``training.validation``)
+and rank 0 writes ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` on a
+better validation score), ``metrics.csv``, ``curves.png``. A killed run resumed with
+``--resume`` starts at the epoch after the last checkpoint, with the training time it had
+spent, so the schedule and the time limit carry on where they were.
 
 DDP: gloo on the CPU, nccl on CUDA; each rank samples with its own seed; gradients are
-averaged by DistributedDataParallel, so every rank holds the same weights; only rank 0
-validates and writes.
+averaged by DistributedDataParallel, so every rank holds the same weights; the logged loss
+and foreground fraction are means over all ranks' steps; every rank scores its share of the
+validation cases (``rank::world``) and gets every rank's rows, so all ranks agree on the
+score and the best epoch; rank 0's clock sets the learning rate and the last epoch; only
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -56,6 +61,20 @@ def temperature(step: int, anneal_steps: int) -> float:
     if anneal_steps <= 0 or step >= anneal_steps:
         return T_END
     return T_START + (T_END - T_START) * step / anneal_steps
+
+
+def progress(epochs_done: int, epochs: int, elapsed_s: float, budget_s: float = 0) -> float:
+    """The run's progress in [0, 1]: its fraction of epochs done, or of its time budget
+    (``budget_s`` > 0) where that is further along."""
+    fraction = epochs_done / epochs
+    if budget_s > 0:
+        fraction = max(fraction, elapsed_s / budget_s)
+    return min(fraction, 1.0)
+
+
+def cosine_lr(fraction: float, lr: float, eta_min: float) -> float:
+    """Cosine annealing: ``lr`` at progress 0, ``eta_min`` at progress 1."""
+    return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * fraction)) / 2
 
 
 def amp_dtype(device: torch.device, mode: str = "auto"):
@@ -185,9 +204,12 @@ def train(args) -> dict:
         split_path.write_text(json.dumps({"train": train_ids, "validation": val_ids,
                                           "cache": str(args.cache)}, indent=1) + "\n")
     train_set, val_set = load_cases(args.cache, train_ids), load_cases(args.cache, val_ids)
+    # The sampler cuts windows sized for these ranges, so augmentation never pulls in padding.
+    aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
     sampler = PatchSampler(train_set, plan.patch_size, plan.context_slices,
                            oversample=args.oversample, pad_value=pad_value(plan),
-                           lesion_sampling=getattr(args, "lesion_sampling", "voxel"))
+                           lesion_sampling=getattr(args, "lesion_sampling", "voxel"),
+                           augmentation=aug)
 
     network = build_network(plan)
     init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
@@ -197,20 +219,28 @@ def train(args) -> dict:
     # with different rounding.
     network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs,
-                                                           eta_min=args.lr * 1e-2)
+    eta_min = args.lr * 1e-2
+    # the time limit is a budget the schedule anneals over, or the last checkpoint of a
+    # time-limited run would come from a learning rate still far from its minimum
+    budget_s = 60 * (args.time_limit_min or 0)
     precision = amp_dtype(device, getattr(args, "amp", "auto"))
     scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-    start_epoch, best, history = 0, -math.inf, []
+    start_epoch, best, history, spent_s = 0, -math.inf, [], 0.0
     if args.resume and (run_dir / LAST).is_file():
         state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False)
         network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        optimizer.load_state_dict(state["optimizer"])  # with the next epoch's learning rate
         scaler.load_state_dict(state["scaler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        spent_s = state.get("elapsed_s", 0.0)
         if main:
-            log.info("resuming %s after epoch %d", run_dir / LAST, state["epoch"])
+            log.info("resuming %s after epoch %d (%.1f min of training)", run_dir / LAST,
+                     state["epoch"], spent_s / 60)
+        if budget_s and spent_s >= budget_s and start_epoch < args.epochs:
+            if main:
+                log.info("--resume: the time limit of %.1f min was reached before; nothing "
+                         "left to train", args.time_limit_min)
+            start_epoch = args.epochs
     else:
         if args.resume and main:
             log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
@@ -227,7 +257,6 @@ def train(args) -> dict:
             network, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin,
                                  getattr(args, "dice", "batch"))
-    aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
     anneal_steps = args.anneal_epochs * args.iterations
     generator = torch.Generator(device=device)
     if main:
@@ -237,7 +266,7 @@ def train(args) -> dict:
                  n_params / 1e6, device, world, str(precision or "fp32").replace("torch.", ""),
                  len(train_ids), len(val_ids), batch_size, "x".join(map(str, plan.patch_size)),
                  args.epochs, args.iterations)
-    started = time.perf_counter()
+    started = time.perf_counter() - spent_s  # training time counts across --resume
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
         generator.manual_seed(args.seed * 100003 + rank * 1009 + epoch)
@@ -270,32 +299,37 @@ def train(args) -> dict:
             foreground.append(batch["foreground"].float().mean().item())
             if i % 25 == 24:
                 bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
-        scheduler.step()
-        row = {"epoch": epoch, "train_loss": float(torch.stack(losses).float().mean()),
-               "lr": optimizer.param_groups[0]["lr"],
+        sums = [float(torch.stack(losses).double().sum()), float(np.sum(foreground))]
+        log.debug("rank %d epoch %d: loss %.9g, foreground fraction %.9g over %d steps", rank,
+                  epoch, sums[0] / len(losses), sums[1] / len(losses), len(losses))
+        train_loss, foreground_fraction = _mean_over_ranks(sums, len(losses), device, world)
+        elapsed_s = time.perf_counter() - started
+        if world > 1:  # rank 0's clock for all: the same learning rate, the same last epoch
+            clock = torch.tensor([elapsed_s], dtype=torch.float64, device=device)
+            dist.broadcast(clock, 0)
+            elapsed_s = float(clock.item())
+        out_of_time = bool(budget_s) and elapsed_s > budget_s
+        lr = cosine_lr(progress(epoch + 1, args.epochs, elapsed_s, budget_s), args.lr, eta_min)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
                "temperature": float(network.dynamic_convs()[0].temperature)
                if network.dynamic_convs() else 1.0,
-               "foreground_fraction": float(np.mean(foreground))}
-        out_of_time = bool(args.time_limit_min) and \
-            time.perf_counter() - started > args.time_limit_min * 60
-        if world > 1:  # every rank must stop after the same epoch: rank 0 decides
-            flag = torch.tensor([int(out_of_time)], device=device)
-            dist.broadcast(flag, 0)
-            out_of_time = bool(flag.item())
+               "foreground_fraction": foreground_fraction}
+        last = epoch + 1 == args.epochs or out_of_time
+        if val_set and ((epoch + 1) % args.val_every == 0 or last):
+            metrics = validate_shared(network, val_set, plan, device, rank, world)
+            row.update({k: v for k, v in metrics.items() if k != "cases"})
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        score = row.get("val_score", -math.inf)
+        score = -row["train_loss"] if not val_set else score
+        improved = score > best
+        best = max(best, score)
         if main:
-            last = epoch + 1 == args.epochs or out_of_time
-            if val_set and ((epoch + 1) % args.val_every == 0 or last):
-                metrics = validate(network, val_set, plan, device) if val_set else {}
-                row.update({k: v for k, v in metrics.items() if k != "cases"})
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            score = row.get("val_score", -math.inf)
-            score = -row["train_loss"] if not val_set else score
-            improved = score > best
-            best = max(best, score)
             state = {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "epoch": epoch, "best": best, "history": history,
+                     "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
+                     "history": history, "elapsed_s": time.perf_counter() - started,
                      "plan": plan.to_dict(), "preset": plan.preset}
             if improved:
                 _atomic_save({"model": network.state_dict(), "epoch": epoch, "score": score,
@@ -307,7 +341,7 @@ def train(args) -> dict:
                      "".join(f", {k[4:]} {row[k]:.3f}" for k in ("val_dsc", "val_nsd")
                              if k in row), row["temperature"], row["lr"], row["seconds"],
                      " (best)" if improved else "")
-        if world > 1:
+        if world > 1:  # the others wait here while rank 0 writes
             dist.barrier()
         if out_of_time:
             if main:
@@ -316,13 +350,47 @@ def train(args) -> dict:
             break
     digest = sum(float(p.double().abs().sum()) for p in network.state_dict().values()
                  if p.is_floating_point())
-    log.info("rank %d of %d done: weights digest %.10e", rank, world, digest)
+    log.info("rank %d of %d done: weights digest %.10e, best score %.6f", rank, world, digest,
+             best)
     if world > 1:
         dist.destroy_process_group()
     if main:
         logging.getLogger().removeHandler(handler)
         handler.close()
     return {"history": history, "train": train_ids, "validation": val_ids}
+
+
+def _mean_over_ranks(sums: list[float], steps: int, device, world: int) -> list[float]:
+    """Means over every rank's steps, from each rank's per-step ``sums`` over its ``steps``."""
+    total = torch.tensor([*sums, steps], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(total)
+    *sums, steps = total.tolist()
+    return [value / steps for value in sums]
+
+
+def validate_shared(network, cases: list, plan: Plan, device, rank: int = 0,
+                    world: int = 1) -> dict:
+    """``training.validation.validate`` over ``cases``, each rank scoring ``cases[rank::world]``.
+
+    Every rank gets every rank's per-case rows and the means over all of them, so all ranks
+    log the same score and agree on the best epoch; and none waits on another's whole
+    validation split (NCCL's timeout).
+    """
+    shard = cases[rank::world]
+    log.debug("rank %d validates %s", rank, ", ".join(c.case for c in shard) or "nothing")
+    metrics = validate(network, shard, plan, device)
+    if world == 1:
+        return metrics
+    parts = [None] * world
+    dist.all_gather_object(parts, metrics.get("cases", []))
+    order = {c.case: i for i, c in enumerate(cases)}
+    rows = sorted((row for part in parts for row in part), key=lambda row: order[row["case"]])
+    if not rows:
+        return {"val_dsc": math.nan, "val_nsd": math.nan, "val_score": math.nan}
+    dsc = float(np.mean([row["dsc"] for row in rows]))
+    nsd = float(np.mean([row["nsd"] for row in rows]))
+    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
 
 
 def _centre(image, label, patch):

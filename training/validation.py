@@ -1,11 +1,11 @@
 """Scoring the validation split during training, at network resolution.
 
-The cached validation volumes go through ``inference.sliding_window`` (the container's
-tiling and blending), then the plan's threshold and component filter at network
-spacing, and are scored with the official FLARE rules (``benchmark.metrics``) against
-the cached label. It skips reading, resampling and restoring, so it is fast; the final
-numbers on the raw files come from ``python -m training thresholds`` and
-``python -m benchmark.evaluate``.
+The cached validation volumes go through the container's own steps
+(``inference.pipeline``: its network forward, tiling, blending and body mask, then the
+plan's threshold and component filter at network spacing) and are scored with the
+official FLARE rules (``benchmark.metrics``) against the cached label. It skips reading,
+resampling and restoring, so it is fast; the final numbers on the raw files come from
+``python -m training thresholds`` and ``python -m benchmark.evaluate``.
 """
 
 from __future__ import annotations
@@ -14,35 +14,21 @@ import numpy as np
 import torch
 
 from benchmark.metrics import score_case
-from inference.model import LesionProbability
+from inference.pipeline import decide, module_predictor, network_probability
 from inference.plans import Plan
-from inference.postprocess import remove_components
-from inference.preprocess import pad_value
-from inference.sliding_window import sliding_window
 
 
 def predict_cached(network, image: np.ndarray, plan: Plan, device, batch_size: int = 16,
                    step: float | None = None) -> np.ndarray:
     """Lesion probability (z, y, x) of a cached normalised volume."""
-    model = LesionProbability(network).eval()
     volume = torch.from_numpy(np.asarray(image, np.float32)).to(device)
-    fp16 = torch.device(device).type == "cuda"
-
-    def predict(tiles):
-        with torch.inference_mode(), torch.autocast(torch.device(device).type, torch.float16,
-                                                    enabled=fp16):
-            return model(tiles).float()
-
-    body = (np.asarray(image) > pad_value(plan) + 1e-3)
-    prob = sliding_window(volume, predict, plan.patch_size, step or plan.tile_step,
-                          plan.context_slices, batch_size, body, pad_value=pad_value(plan))
-    return prob.cpu().numpy()
+    return network_probability(volume, module_predictor(network, device), plan, batch_size,
+                               step)
 
 
 def score_prediction(probability, label, spacing_zyx, plan: Plan) -> tuple[float, float]:
-    post = plan.postprocessing
-    kept = remove_components(probability > post.threshold, spacing_zyx, post.min_volume_mm3,
-                             post.min_confidence, probability)
+    """(DSC, NSD) of the plan's decision at network resolution against ``label``."""
+    kept = decide(probability, spacing_zyx, plan.postprocessing)
     return score_case(kept, label, spacing_zyx)
 
 

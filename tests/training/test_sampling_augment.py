@@ -103,3 +103,72 @@ def test_unknown_lesion_sampling_is_refused():
 
     with pytest.raises(ValueError, match="lesion_sampling"):
         PatchSampler([_two_lesion_case()], (32, 32), 3, lesion_sampling="size")
+
+
+def _case(name, label, image):
+    from training.sampling import CachedCase, lesion_components
+
+    return CachedCase(name, image, label, np.argwhere(label), False, (4.0, 2.0, 2.0),
+                      lesion_components(label))
+
+
+def _augmented_batches(sampler, config, seed, n=2000, batch=200):
+    """(image, label) of ``n`` sampled then augmented patches; intensity left alone."""
+    from dataclasses import replace
+
+    config = replace(config, p_brightness=0, p_contrast=0, p_gamma=0, p_noise=0)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    for _ in range(n // batch):
+        b = sampler.batch(rng, batch)
+        yield augment(b["image"], b["label"], sampler.patch, config, sampler.pad_value,
+                      generator)
+
+
+def test_augmentation_never_pulls_padding_into_a_patch_of_body():
+    from training.augment import LIGHT, NNUNET
+
+    # body (1) everywhere; samples on the central lesion, so every window lies in the volume
+    label = np.zeros((4, 240, 240), np.uint8)
+    label[1:3, 115:125, 115:125] = 1
+    case = _case("body", label, np.ones(label.shape, np.float16))
+    for config in (NNUNET, LIGHT):
+        # the default is the nnunet ranges, the trainer's default
+        sampler = PatchSampler([case], (32, 32), 3, oversample=1.0, pad_value=0.0,
+                               **({} if config is NNUNET else {"augmentation": config}))
+        # a pixel touched by padding (0) is no longer body; 2000 samples
+        padded = [((image - 1).abs() > 1e-4).float().mean().item()
+                  for image, _ in _augmented_batches(sampler, config, seed=0)]
+        # before the fix (a 1.5x window), nnunet: 4.0e-4 of the pixels, in 0.95 % of samples
+        assert np.mean(padded) == 0.0
+
+
+def test_the_window_follows_the_augmentation_ranges():
+    from training.augment import AUGMENTATIONS
+
+    case = _two_lesion_case()
+    windows = {name: PatchSampler([case], (64, 48), 3, augmentation=config).window
+               for name, config in AUGMENTATIONS.items()}
+    assert windows["none"] == (64, 48)
+    # any rotation (nnunet) turns the patch's 79 px diagonal onto each axis; zoom-out 1.4
+    assert all(w > 1.4 * 79 for w in windows["nnunet"])
+    assert all(none < light < nnunet for none, light, nnunet in
+               zip(windows["none"], windows["light"], windows["nnunet"]))
+
+
+def test_every_lesion_sample_keeps_its_lesion_after_augmentation():
+    from training.augment import LIGHT, NNUNET
+
+    rng = np.random.default_rng(4)
+    cases = []
+    for i in range(12):  # one lesion per case, 3 to 6 voxels a side, anywhere
+        label = np.zeros((5, 128, 128), np.uint8)
+        (z, y, x), (h, w) = rng.integers((1, 0, 0), (4, 122, 122)), rng.integers(3, 7, 2)
+        label[z, y:y + h, x:x + w] = 1
+        cases.append(_case(f"c{i}", label, np.zeros(label.shape, np.float16)))
+    for config in (NNUNET, LIGHT):
+        sampler = PatchSampler(cases, (32, 32), 3, oversample=1.0,
+                               **({} if config is NNUNET else {"augmentation": config}))
+        kept = [label.flatten(1).any(1).float().mean().item()
+                for _, label in _augmented_batches(sampler, config, seed=1)]
+        # before the fix (offsets to the patch's edge): 98.75 % (nnunet), 99.55 % (light)
+        assert np.mean(kept) == 1.0

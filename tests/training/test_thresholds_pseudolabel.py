@@ -1,14 +1,26 @@
 """Threshold search picks the obvious optimum; pseudo-labels keep only confident lesions."""
 
 import numpy as np
+import torch
 
+from inference.geometry import Reorientation
 from inference.model import build_model
-from inference.plans import Plan
+from inference.plans import Plan, PostProcessing
+from inference.predictor import Predictor
+from inference.preprocess import Prepared
 from inference.weights import load_plan, verified, write_weights
+from training.dataset import list_dataset, read_case
 from training.pseudolabel import select
-from training.thresholds import CasePrediction, choose_step, grid_search, write_postprocessing
+from training.thresholds import (CasePrediction, choose_step, decide, grid_search,
+                                 predict_case, write_postprocessing)
 
 SPACING = (1.0, 1.0, 1.0)
+
+
+def same_grid(shape):
+    """Geometry of a case predicted on its own grid: restoring gives the kept lesions."""
+    return Prepared(None, None, Reorientation((0, 1, 2), (False, False, False)), shape,
+                    tuple(slice(0, n) for n in shape), SPACING)
 
 
 def _case(name, lesion=True):
@@ -20,7 +32,7 @@ def _case(name, lesion=True):
         label[5:15, 5:15, 5:15] = 1
     p[30:32, 30:32, 30:32] = 0.95  # small false positive: removed by a volume bar
     p[20:28, 2:12, 25:35] = 0.6  # large low-confidence false positive: removed by confidence
-    return CasePrediction(name, p, SPACING, lambda prob, kept, t: kept, label, SPACING)
+    return CasePrediction(name, p, same_grid(p.shape), label, SPACING)
 
 
 def test_grid_search_picks_the_obvious_optimum():
@@ -34,7 +46,7 @@ def test_grid_search_picks_the_obvious_optimum():
 
 
 def test_worker_processes_score_the_grid_exactly_as_one_process():
-    """Cases carry unpicklable restore closures (lambdas here): forked workers inherit them."""
+    """Forked workers inherit the cases and send back only their scores."""
     cases = [_case("a"), _case("b"), _case("healthy", lesion=False)]
     grid = dict(thresholds=(0.3, 0.5), volumes=(0, 20, 2000), confidences=(0, 0.8))
     serial_rows, serial_best = grid_search(cases, **grid)
@@ -49,11 +61,27 @@ def test_grid_search_lowers_the_decision_threshold_when_lesions_are_underconfide
     label = np.zeros(p.shape, np.uint8)
     p[5:15, 5:15, 5:15] = 0.4
     label[5:15, 5:15, 5:15] = 1
-    case = CasePrediction("faint", p, SPACING, lambda prob, kept, t: kept, label, SPACING)
+    case = CasePrediction("faint", p, same_grid(p.shape), label, SPACING)
     rows, best = grid_search([case], (0.3, 0.5), volumes=(0,), confidences=(0,))
     assert [r["threshold"] for r in rows] == [0.3, 0.5]
     assert best["threshold"] == 0.3 and best["dsc"] == 1.0
     assert rows[1]["dsc"] == 0.0
+
+
+def test_the_search_scores_the_mask_the_container_writes(dataset, tmp_path):
+    torch.manual_seed(0)
+    plan = Plan(preset="tiny", patch_size=(64, 64), target_spacing=(2.5, 2.5, 4.0))
+    weights = write_weights(tmp_path, build_model("tiny"), plan, onnx_batch=4)
+    predictor = Predictor(weights, device="cpu", backend="onnx")
+    entry = next(e for e in list_dataset(dataset) if e.case.endswith("0"))
+    prediction = predict_case(predictor, entry)[plan.tile_step]
+    # an untrained network: cut where some components are kept and some filtered out
+    threshold = float(np.quantile(prediction.probability, 0.98))
+    predictor.plan.postprocessing = PostProcessing(threshold, 60.0, 0.0)
+    searched = decide(prediction, threshold, 60.0, 0.0)
+    written = predictor.predict(read_case(entry)[0]).mask
+    assert 0 < searched.sum() < decide(prediction, threshold, 0.0, 0.0).sum()
+    assert np.array_equal(searched, written)
 
 
 def test_the_largest_tile_step_within_the_tolerance_is_chosen():
