@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
                    help="minimum component volume; repeat to compare (default: the plan's)")
     p.add_argument("--threshold", type=float, action="append", metavar="P",
                    help="decision threshold; repeat to compare (default: the plan's)")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="minimum mean probability of a component (default 0: a lesion "
+                        "fraction is no confidence, and the plan's would drop small lesions)")
     p.add_argument("--csv", metavar="FILE", help="per-case scores")
     _common(p)
 
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
             from training.ceiling import run_ceiling
 
             run_ceiling(args.dataset, args.plans, args.target_spacing, args.min_volume,
-                        args.threshold, args.csv)
+                        args.threshold, args.csv, args.min_confidence)
         elif args.stage == "preprocess":
             from training.preprocessing import run_preprocess
 

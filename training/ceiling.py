@@ -7,8 +7,8 @@ A perfect network outputs, for each voxel at the plan's spacing, the fraction of
 is lesion. This stage builds that output from each case's label (box averaging over the
 downsampling factor, then the same linear resampling the container uses for the image),
 and sends it through the container's own post-processing and restore
-(``inference.pipeline.mask_on_input``): components under the minimum volume (or
-confidence) dropped, linear upsampling onto the input grid, threshold. The score against
+(``inference.pipeline.mask_on_input``): components under the minimum volume (and, with
+``--min-confidence``, under a mean fraction) dropped, linear upsampling onto the input grid, threshold. The score against
 the label is what the plan's spacing, minimum volume and decision threshold leave
 attainable to a network that knows each voxel's lesion fraction. Lesions of a few
 voxels at the plan's spacing lose much of their DSC in the round trip, the more so at a
@@ -61,9 +61,12 @@ def setting_name(spacing, min_volume, threshold) -> str:
     return f"{'x'.join(f'{v:g}' for v in spacing)} mm, >= {min_volume:g} mm3, p > {threshold:g}"
 
 
-def _variants(plan: Plan, spacings, min_volumes, thresholds) -> list[tuple[str, Plan]]:
+def _variants(plan: Plan, spacings, min_volumes, thresholds,
+              min_confidence: float = 0.0) -> list[tuple[str, Plan]]:
     out = []
-    post = plan.postprocessing
+    # The ideal output is each voxel's lesion fraction, not a network's confidence: a small
+    # lesion's voxels are all partly lesion, so the plan's confidence cut would drop it.
+    post = dataclasses.replace(plan.postprocessing, min_confidence=float(min_confidence))
     for spacing in spacings or [plan.target_spacing]:
         for volume in min_volumes or [post.min_volume_mm3]:
             for threshold in thresholds or [post.threshold]:
@@ -77,10 +80,10 @@ def _variants(plan: Plan, spacings, min_volumes, thresholds) -> list[tuple[str, 
 
 
 def run_ceiling(dataset, plans, spacings=None, min_volumes=None, thresholds=None,
-                csv_path=None) -> list[dict]:
+                csv_path=None, min_confidence: float = 0.0) -> list[dict]:
     """Score the ideal network on every labelled case for each setting."""
     plan = Plan.load(plans)
-    variants = _variants(plan, spacings, min_volumes, thresholds)
+    variants = _variants(plan, spacings, min_volumes, thresholds, min_confidence)
     rows, failed = [], 0
     for entry in list_dataset(dataset):
         try:

@@ -49,3 +49,24 @@ def test_ceiling_cli_on_a_missing_dataset_is_one_line(planned, tmp_path, caplog)
     code = main(["ceiling", "-d", str(tmp_path / "nope"), "-p", str(planned)])
     assert code == 2
     assert f"{tmp_path / 'nope'}: no such dataset folder" in caplog.text
+
+
+def test_the_plans_confidence_cut_is_not_applied_to_lesion_fractions(dataset, planned, tmp_path):
+    # A shipped plan keeps components of mean probability >= 0.9; a perfect network's
+    # lesion fractions are partial at every edge, so that cut would drop small lesions and
+    # report a "ceiling" that falls as the threshold is lowered.
+    import dataclasses
+
+    from inference.plans import Plan
+
+    plan = Plan.load(planned)
+    confident = tmp_path / "plans.json"
+    dataclasses.replace(plan, postprocessing=dataclasses.replace(
+        plan.postprocessing, min_confidence=0.9)).save(confident)
+    coarse = [(5.0, 5.0, 8.0)]
+
+    def lesion_dsc(plans, **kw):
+        return summarise(run_ceiling(dataset, plans, coarse, [0.0], **kw))["lesion_dsc"]
+
+    assert lesion_dsc(confident) == lesion_dsc(planned)
+    assert lesion_dsc(confident, min_confidence=0.9) < lesion_dsc(planned) - 0.02
