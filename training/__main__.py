@@ -84,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Dice term: batch (default): one Dice over the batch (nnU-Net's 2D "
                         "default); sample: the mean Dice of the samples holding lesion voxels, "
                         "so small lesions weigh as much as large ones")
+    p.add_argument("--deep-supervision", choices=("halving", "nnunet"), default="halving",
+                   help="loss weights of the outputs: halving per level (default), or nnunet: "
+                        "the same with the coarsest output left out")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--oversample", type=float, default=1 / 3,
                    help="fraction of samples centred on a lesion (default 1/3)")

@@ -2,7 +2,9 @@
 
 Deep supervision: the network's outputs (full resolution first) are each compared
 with the label downsampled to their size (nearest), weighted 1, 1/2, 1/4, ...
-normalised to sum to one (nnU-Net's scheme).
+normalised to sum to one (``"halving"``); ``"nnunet"`` also gives the coarsest output
+weight 0, as nnU-Net does: nearest downsampling to its few pixels drops a small lesion
+from the label, so that head learns that small lesions are background.
 
 Partial labels (FLARE: often only the main lesion of a scan is marked). The paper
 trained on them as if complete, which teaches the network that every unmarked lesion
@@ -26,10 +28,16 @@ import torch.nn.functional as F
 
 PARTIAL_MODES = ("ignore", "plain")
 DICE_MODES = ("batch", "sample")
+DEEP_SUPERVISION = ("halving", "nnunet")
 
 
-def deep_supervision_weights(n: int) -> list[float]:
+def deep_supervision_weights(n: int, scheme: str = "halving") -> list[float]:
+    """Loss weight of each of ``n`` outputs (full resolution first), summing to one."""
+    if scheme not in DEEP_SUPERVISION:
+        raise ValueError(f"deep supervision must be one of {DEEP_SUPERVISION}, got {scheme!r}")
     w = [0.5 ** i for i in range(n)]
+    if scheme == "nnunet" and n > 1:
+        w[-1] = 0.0
     total = sum(w)
     return [v / total for v in w]
 
@@ -72,22 +80,27 @@ def dice_ce(logits, label, valid=None, smooth: float = 1e-5, dice: str = "batch"
 
 
 class DeepSupervisionLoss(torch.nn.Module):
-    def __init__(self, partial_mode: str = "ignore", margin: int = 8, dice: str = "batch"):
+    def __init__(self, partial_mode: str = "ignore", margin: int = 8, dice: str = "batch",
+                 deep_supervision: str = "halving"):
         super().__init__()
         if partial_mode not in PARTIAL_MODES:
             raise ValueError(f"partial_mode must be one of {PARTIAL_MODES}, got {partial_mode!r}")
         if dice not in DICE_MODES:
             raise ValueError(f"dice must be one of {DICE_MODES}, got {dice!r}")
+        deep_supervision_weights(1, deep_supervision)  # refuses an unknown scheme now
         self.partial_mode, self.margin, self.dice = partial_mode, margin, dice
+        self.deep_supervision = deep_supervision
 
     def forward(self, outputs, label, partial=None):
         if torch.is_tensor(outputs):
             outputs = [outputs]
-        weights = deep_supervision_weights(len(outputs))
+        weights = deep_supervision_weights(len(outputs), self.deep_supervision)
         ignore = None
         if self.partial_mode == "ignore" and partial is not None and bool(partial.any()):
             ignore = partial_ignore_mask(outputs[0], label, partial, self.margin)
         total = 0.0
+        # A weight-0 head stays in the graph (zero gradients): DDP expects every parameter
+        # to receive one.
         for w, logits in zip(weights, outputs):
             size = logits.shape[-2:]
             target = label if label.shape[-2:] == size else \

@@ -256,7 +256,8 @@ def train(args) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin,
-                                 getattr(args, "dice", "batch"))
+                                 getattr(args, "dice", "batch"),
+                                 getattr(args, "deep_supervision", "halving"))
     anneal_steps = args.anneal_epochs * args.iterations
     generator = torch.Generator(device=device)
     if main:

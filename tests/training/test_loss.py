@@ -110,3 +110,26 @@ def test_sample_dice_is_the_mean_over_samples_with_lesions():
         torch.nn.functional.cross_entropy(logits.detach(), no_lesion.long()).item(), rel=1e-6)
     with pytest.raises(ValueError, match="dice must be one of"):
         DeepSupervisionLoss(dice="lesion")
+
+
+def test_nnunet_deep_supervision_leaves_the_coarsest_output_out():
+    w = deep_supervision_weights(4, "nnunet")
+    assert w[-1] == 0 and abs(sum(w) - 1) < 1e-9 and abs(w[0] / w[1] - 2) < 1e-9
+    assert deep_supervision_weights(1, "nnunet") == [1.0]
+    with pytest.raises(ValueError, match="deep supervision"):
+        DeepSupervisionLoss(deep_supervision="all")
+    # a small lesion that nearest downsampling keeps only in the finer labels: whatever the
+    # coarsest head says costs nothing under "nnunet", and the head still gets a gradient
+    torch.manual_seed(0)
+    label = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    label[0, 5, 5] = 1
+    outputs = [torch.randn(1, 2, s, s, requires_grad=True) for s in (16, 8, 4)]
+    fire = [o.detach().clone().requires_grad_() for o in outputs]
+    with torch.no_grad():
+        fire[-1][:, 1] += 20  # the coarsest head calls everything lesion
+    plain = DeepSupervisionLoss("plain", deep_supervision="nnunet")
+    assert abs(float(plain(outputs, label)) - float(plain(fire, label))) < 1e-6
+    plain(outputs, label).backward()
+    assert outputs[-1].grad is not None and float(outputs[-1].grad.abs().sum()) == 0
+    assert float(DeepSupervisionLoss("plain")(fire, label)) > float(
+        DeepSupervisionLoss("plain")(outputs, label))
