@@ -128,8 +128,8 @@ def test_nnunet_deep_supervision_leaves_the_coarsest_output_out():
     with torch.no_grad():
         fire[-1][:, 1] += 20  # the coarsest head calls everything lesion
     plain = DeepSupervisionLoss("plain", deep_supervision="nnunet")
-    assert abs(float(plain(outputs, label)) - float(plain(fire, label))) < 1e-6
+    assert abs(plain(outputs, label).item() - plain(fire, label).item()) < 1e-6
     plain(outputs, label).backward()
     assert outputs[-1].grad is not None and float(outputs[-1].grad.abs().sum()) == 0
-    assert float(DeepSupervisionLoss("plain")(fire, label)) > float(
-        DeepSupervisionLoss("plain")(outputs, label))
+    halving = DeepSupervisionLoss("plain")
+    assert halving(fire, label).item() > halving(outputs, label).item()
