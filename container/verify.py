@@ -32,7 +32,8 @@ def expected_masks(inputs: Path) -> dict[str, Path]:
             if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file()}
 
 
-def grid(image: sitk.Image) -> dict:
+def grid(image) -> dict:
+    """Size, spacing, origin and direction of an image or of a header read without voxels."""
     return {"size": image.GetSize(), "spacing": image.GetSpacing(),
             "origin": image.GetOrigin(), "direction": image.GetDirection()}
 
@@ -46,8 +47,7 @@ def check_mask(mask_path: Path, input_path: Path, same_as: Path | None) -> list[
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(input_path))
     reader.ReadImageInformation()
-    reference = {"size": reader.GetSize(), "spacing": reader.GetSpacing(),
-                 "origin": reader.GetOrigin(), "direction": reader.GetDirection()}
+    reference = grid(reader)
     problems = [f"{key} {value} differs from the input's {reference[key]}"
                 for key, value in grid(mask).items() if value != reference[key]]
     if mask.GetPixelID() != sitk.sitkUInt8:
