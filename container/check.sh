@@ -8,7 +8,9 @@
 #     IMAGE /bin/bash -c "sh predict.sh"
 # with one change each (--gpus only where a GPU is; Docker refuses it elsewhere), and
 # container/verify.py checks every mask: uint8 {0,1}, the input's exact grid, nothing else in
-# the folder, the same voxels as the first variant. Then the image goes through
+# the folder, the same voxels as the first variant. Two runs end early on purpose:
+# `docker stop` during the run (exit 143 within seconds, whole masks only), and a 400 MB
+# memory limit that one large case exceeds (that case lost alone). Then the image goes through
 # `docker save | gzip`, is removed and `docker load`ed back from that archive, and runs once
 # more. Needs root (to own the output folders the way a harness would), docker, and python3
 # with the project's training extras (phantoms) and SimpleITK.
@@ -40,6 +42,9 @@ for scan in "$real"/*_0000.nii.gz; do
 done
 [ "$n_real" -gt 0 ] || say "no real scans in $real: phantoms only"
 n_cases=$(find "$work/cases" -name '*_0000.nii.gz' | wc -l)
+# one case too large for a 400 MB container: 512x512x400 int16 is 200 MB of voxels
+python3 -m training.phantoms -o "$work/big" -n 1 --shape 512 512 400 --seed 2416 \
+    --quiet --disable-progress-bar || { say "error: could not make the large phantom"; exit 2; }
 
 gpus=""
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -98,13 +103,76 @@ run_variant() {
         docker rm "$container" >/dev/null 2>&1
         [ -z "$changed" ] || problems="$problems; wrote outside /workspace/outputs: $(echo "$changed" | tr '\n' ' ')"
     fi
+    report_variant "$name" "$rc" "$seconds s"
+}
+
+# stop_variant: `docker stop` while the run is under way (SIGTERM to PID 1, SIGKILL after
+# 10 s). It must stop within seconds with exit code 143, the masks it wrote whole and no
+# temporary left. Three copies of each case, so the run outlasts the first mask.
+stop_variant() {
+    ws=$work/docker-stop name=flare-nnsam-check-$$-stop problems=""
+    mkdir -p "$ws/inputs" && mkdir -m 755 "$ws/outputs"
+    for copy in a b c; do
+        for case in "$work/cases/"*_0000.nii.gz; do
+            base=$(basename "$case" _0000.nii.gz)
+            cp "$case" "$ws/inputs/${base}${copy}_0000.nii.gz"
+        done
+    done
+    # shellcheck disable=SC2086  # $gpus is a list of options
+    docker container run -d --name "$name" --shm-size=28gb -m 28G $gpus \
+        -v "$ws/inputs/:/workspace/inputs/" -v "$ws/outputs/:/workspace/outputs/" \
+        "$image" /bin/bash -c "sh predict.sh" >/dev/null
+    waited=0
+    until ls "$ws/outputs/"*.nii.gz >/dev/null 2>&1 || [ "$waited" -ge 600 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    start=$(date +%s.%N)
+    docker stop "$name" >/dev/null
+    seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    rc=$(docker inspect -f '{{.State.ExitCode}}' "$name")
+    docker logs "$name" >"$ws/log" 2>&1
+    docker rm "$name" >/dev/null 2>&1
+    [ "$rc" = 143 ] || problems="exit code $rc, expected 143"
+    awk -v s="$seconds" 'BEGIN { exit !(s < 8) }' || problems="$problems; docker stop took $seconds s"
+    grep -q "^stopped by SIGTERM" "$ws/log" || problems="$problems; no line saying it stopped"
+    python3 container/verify.py --inputs "$ws/inputs" --outputs "$ws/outputs" --some \
+        2>"$ws/verify" || problems="$problems; masks"
+    written=$(find "$ws/outputs" -name '*.nii.gz' | wc -l)
+    report_variant docker-stop "$rc" "$seconds s to stop, $written of $((n_cases * 3)) masks"
+}
+
+# memory_variant: under `docker run -m 400m`, a case too large for the limit gets its
+# process killed by the kernel; it must fail alone, in one line, and every other case
+# must still get its mask (a new worker process takes them over).
+memory_variant() {
+    ws=$work/memory-limit problems=""
+    mkdir -p "$ws/inputs" && mkdir -m 755 "$ws/outputs"
+    cp "$work/cases/"* "$ws/inputs/"
+    cp "$work/big/imagesTr/phantom_000_0000.nii.gz" "$ws/inputs/big_0000.nii.gz"
+    start=$(date +%s.%N)
+    # shellcheck disable=SC2086  # $gpus is a list of options
+    docker container run --shm-size=28gb -m 28G $gpus --rm -m 400m --memory-swap 400m \
+        -v "$ws/inputs/:/workspace/inputs/" -v "$ws/outputs/:/workspace/outputs/" \
+        "$image" /bin/bash -c "sh predict.sh" >"$ws/log" 2>&1
+    rc=$?
+    seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    [ "$rc" = 1 ] || problems="exit code $rc, expected 1"
+    grep -q "^big: failed: the process was killed by SIGKILL" "$ws/log" \
+        || problems="$problems; no line saying the big case's process was killed"
+    python3 container/verify.py --inputs "$ws/inputs" --outputs "$ws/outputs" --missing big \
+        2>"$ws/verify" || problems="$problems; masks"
+    report_variant memory-limit "$rc" "$seconds s, the 512x512x400 case lost alone"
+}
+
+report_variant() {
     if [ -z "$problems" ]; then
         passed=$((passed + 1))
-        printf 'ok    %-22s rc %s, %s s\n' "$name" "$rc" "$seconds" >&2
+        printf 'ok    %-22s rc %s, %s\n' "$1" "$2" "$3" >&2
     else
         failed=$((failed + 1))
-        failures="$failures $name"
-        printf 'FAIL  %-22s %s\n' "$name" "${problems#; }" >&2
+        failures="$failures $1"
+        printf 'FAIL  %-22s %s\n' "$1" "${problems#; }" >&2
         sed 's/^/        verify: /' "$ws/verify" >&2
         tail -n 5 "$ws/log" | sed 's/^/        log: /' >&2
     fi
@@ -122,6 +190,8 @@ run_variant network-none root755 0 --network none
 run_variant harness-strict owner=12345:12345 0 --user 12345:12345 --read-only --network none ro
 run_variant nothing-outside root755 0 keep
 run_variant not-writable root755 2 --user 1000
+stop_variant
+memory_variant
 
 # The archive the organisers receive, and the image loaded back from it alone.
 docker save "$image" | gzip -c >"$work/team.tar.gz"

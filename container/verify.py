@@ -1,13 +1,16 @@
 """Check a container run's output folder as the organisers' evaluation would read it.
 
     python3 container/verify.py --inputs DIR --outputs DIR [--same-as DIR] [--empty]
+        [--missing CASE ... | --some]
 
 For every ``<case>_0000.nii.gz`` in the inputs there must be exactly one ``<case>.nii.gz``
 in the outputs and nothing else (no hidden temporaries, no folders): uint8 voxels with values
 in {0, 1}, on exactly the input's grid (size, spacing, origin and direction compared as
 SimpleITK reads them, without tolerance, because the evaluation compares arrays directly).
 ``--same-as`` also requires the masks to equal those of another run voxel for voxel;
-``--empty`` requires an empty output folder (a run that was meant to fail).
+``--empty`` requires an empty output folder (a run that was meant to fail); ``--missing``
+names the cases that must have no mask (a case meant to fail), ``--some`` accepts any
+missing masks as long as one is there (a run that was stopped).
 
 It reads files with SimpleITK and numpy only, never with the project's own code, so it
 checks the container rather than agreeing with it. One line per case; exit code 1 if any
@@ -68,8 +71,8 @@ def check_mask(mask_path: Path, input_path: Path, same_as: Path | None) -> list[
     return problems
 
 
-def verify(inputs: Path, outputs: Path, same_as: Path | None = None,
-           empty: bool = False) -> list[str]:
+def verify(inputs: Path, outputs: Path, same_as: Path | None = None, empty: bool = False,
+           missing: list[str] | None = None, some: bool = False) -> list[str]:
     """Every problem found, one line each, prefixed by the file it is about."""
     if not outputs.is_dir():
         return [f"{outputs}: no output folder"]
@@ -81,7 +84,13 @@ def verify(inputs: Path, outputs: Path, same_as: Path | None = None,
         return [f"{inputs}: no <case>{SUFFIX} to check against"]
     problems = [f"{outputs / name}: not a mask of any input (stray file)"
                 for name in found if name not in expected]
-    problems += [f"{outputs / name}: missing" for name in expected if name not in found]
+    absent = {f"{case}.nii.gz" for case in missing or []}
+    problems += [f"{outputs / name}: missing" for name in expected
+                 if name not in found and name not in absent and not some]
+    problems += [f"{outputs / name}: written, but this case was meant to fail"
+                 for name in sorted(absent) if name in found]
+    if some and not set(found) & set(expected):
+        problems.append(f"{outputs}: no mask at all")
     for name in sorted(set(expected) & set(found)):
         path = outputs / name
         problems += [f"{path}: {problem}"
@@ -97,9 +106,14 @@ def main(argv=None) -> int:
     p.add_argument("--same-as", type=Path, default=None,
                    help="another run's output folder whose masks these must equal")
     p.add_argument("--empty", action="store_true", help="the output folder must be empty")
+    p.add_argument("--missing", nargs="+", default=[], metavar="CASE",
+                   help="cases that must have no mask")
+    p.add_argument("--some", action="store_true",
+                   help="masks may be missing (a stopped run), but not all")
     args = p.parse_args(argv)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    problems = verify(args.inputs, args.outputs, args.same_as, args.empty)
+    problems = verify(args.inputs, args.outputs, args.same_as, args.empty, args.missing,
+                      args.some)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -34,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-mb", type=float, default=DEFAULT_GPU_MEMORY_MB,
                    help="whole-GPU memory budget in MB, CUDA context included "
                         f"(default {DEFAULT_GPU_MEMORY_MB}: under the challenge's 4 GB)")
+    p.add_argument("--memory-limit-mb", type=float, default=None,
+                   help="host memory the run may use, MB (default: the container's limit, "
+                        "read from the cgroup); the next case is read during the current one "
+                        "only when both fit")
     p.add_argument("--step", type=float, default=None,
                    help="tile step as a fraction of the patch (default: the plan's)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -65,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--threads must be at least 1")
     if args.gpu_memory_mb <= 0:
         p.error("--gpu-memory-mb must be positive")
+    if args.memory_limit_mb is not None and args.memory_limit_mb <= 0:
+        p.error("--memory-limit-mb must be positive")
     return args
 
 
@@ -72,18 +78,47 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    from inference import folders
+    from inference.supervise import signal_name, supervise
+
+    try:
+        cases = folders.shard(folders.list_cases(args.input), args.num_parts, args.part_id)
+        folders.check_output_dir(args.output)
+    except folders.InputError as error:
+        log.error("error: %s", error)
+        return 2
+    _say_what_is_ignored(args.input)
+    stale = [p for folder in (args.output, args.output / "probabilities")
+             for p in folders.remove_stale_temporaries(folder)]
+    if stale:
+        log.info("removed %d temporary file(s) left by a run that was stopped mid-write: %s",
+                 len(stale), ", ".join(p.name for p in stale[:3]))
+    if args.timings_json is not None and args.timings_json.exists():
+        args.timings_json.unlink()  # each worker adds its cases to this run's file
+    code, failed = supervise(cases, lambda part, report: _work(args, part, report))
+    if failed:
+        log.error("%d of %d cases failed: %s", len(failed), len(cases),
+                  ", ".join(case for case, _ in failed))
+    if code >= 128:
+        log.error("stopped by %s: the masks written are complete; the case in flight was "
+                  "abandoned and left no file", signal_name(code - 128))
+    elif code == 0:
+        log.info("%d cases written to %s in %.1f s", len(cases), args.output,
+                 time.perf_counter() - START)
+    return code
+
+
+def _work(args, cases: list, report) -> int:
+    """The worker: read ahead, load the model, predict ``cases``; 0, or 2 if it cannot start."""
     from inference import nifti
     from inference.reading import cases_to_do, read_ahead
 
-    try:
-        cases = nifti.shard(nifti.list_cases(args.input), args.num_parts, args.part_id)
-        nifti.check_output_dir(args.output)
-    except nifti.InputError as error:
-        log.error("error: %s", error)
-        return 2
     # Start reading the first case now: it runs while the backend is imported and the
     # model loaded (start-up is paid on every case). A bad file still fails only its case.
     todo = cases_to_do(cases, args.output, args.skip_existing)
+    if len(todo) < len(cases):
+        log.info("--continue: %d of %d cases already written", len(cases) - len(todo),
+                 len(cases))
     first_read = read_ahead(todo[0][1]) if todo else None
 
     from inference.backends import DeviceError
@@ -96,7 +131,7 @@ def main(argv=None) -> int:
             _torch_after_read(first_read)
         predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
                               args.step, args.batch_size, torch_mode=args.torch_mode,
-                              threads=args.threads)
+                              threads=args.threads, memory_limit_mb=args.memory_limit_mb)
     except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
         log.error("error: %s", error)
         return 2
@@ -106,24 +141,48 @@ def main(argv=None) -> int:
     # import off the read's path.
     nifti.simpleitk()
     log.info("start-up %.2f s (imports and model)", ready_s)
-    results = predictor.run(cases, args.output, args.skip_existing, args.save_probabilities,
+    position = {case: i for i, (case, _) in enumerate(cases)}
+    index = [position[case] for case, _ in todo]
+    results = predictor.run(todo, args.output, False, args.save_probabilities,
                             show_progress=not (args.quiet or args.disable_progress_bar),
-                            first_read=first_read)
+                            first_read=first_read, report=_Reindexed(report, index))
     if args.timings_json:
-        args.timings_json.write_text(json.dumps(
-            {"startup_s": predictor.startup_s, "ready_s": ready_s,
-             "finished_s": time.perf_counter() - START, "device": predictor.device,
-             "backend": predictor.backend.name,
-             "cases": [{"case": r.case, "error": r.error, **r.timings} for r in results]},
-            indent=2) + "\n")
-    failed = [r for r in results if r.error]
-    if failed:
-        log.error("%d of %d cases failed: %s", len(failed), len(results),
-                  ", ".join(r.case for r in failed))
-        return 1
-    log.info("%d cases written to %s in %.1f s", len(results), args.output,
-             time.perf_counter() - START)
+        _add_timings(args.timings_json, predictor, ready_s, results)
     return 0
+
+
+class _Reindexed:
+    """Reports in the supervisor's numbering of the cases (the worker skips finished ones)."""
+
+    def __init__(self, report, index: list[int]):
+        self.report, self.index = report, index
+
+    def started(self, i: int) -> None:
+        self.report.started(self.index[i])
+
+    def ended(self, i: int, ok: bool = True) -> None:
+        self.report.ended(self.index[i], ok)
+
+
+def _add_timings(path: Path, predictor, ready_s: float, results) -> None:
+    """This worker's per-case timings, added to what earlier workers of the run wrote."""
+    cases = [{"case": r.case, "error": r.error, **r.timings} for r in results]
+    if path.exists():
+        cases = json.loads(path.read_text())["cases"] + cases
+    path.write_text(json.dumps(
+        {"startup_s": predictor.startup_s, "ready_s": ready_s,
+         "finished_s": time.perf_counter() - START, "device": predictor.device,
+         "backend": predictor.backend.name, "cases": cases}, indent=2) + "\n")
+
+
+def _say_what_is_ignored(folder: Path) -> None:
+    from inference.folders import ignored_entries
+
+    ignored = ignored_entries(folder)
+    if ignored:
+        shown = "; ".join(f"{name} ({why})" for name, why in ignored[:5])
+        more = f"; and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        log.warning("ignored in %s: %s%s", folder, shown, more)
 
 
 def _uses_torch(args) -> bool:

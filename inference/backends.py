@@ -112,6 +112,18 @@ class OnnxBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.batch_size = self.fixed_batch or 8
+        self.path = path
+
+    def check_plan(self, plan: Plan) -> None:
+        """The graph's tile shape against the plan's, once before any case (WeightsError)."""
+        shape = list(self.session.get_inputs()[0].shape)
+        expected = [plan.context_slices, *plan.patch_size]
+        fixed = [d if isinstance(d, int) else None for d in shape[1:]]
+        if len(shape) != 4 or any(d is not None and d != e for d, e in zip(fixed, expected)):
+            raise weights_io.WeightsError(
+                f"{self.path}: the model takes tiles of {shape[1:]} (channels, y, x) but "
+                f"plans.json gives context_slices {plan.context_slices} and patch_size "
+                f"{list(plan.patch_size)}: the plan and the model come from different runs")
 
     def prepare(self, volume: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(volume, dtype=np.float32)
@@ -169,7 +181,15 @@ class TorchBackend:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network = build_model(plan.preset, patch_size=tuple(plan.patch_size),
                               in_channels=plan.context_slices)
-        network.load_state_dict(state)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as error:  # torch lists every key; the first says enough
+            first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()),
+                         str(error))
+            raise weights_io.WeightsError(
+                f"{path}: does not fit the network plans.json describes (preset {plan.preset}, "
+                f"context_slices {plan.context_slices}, patch_size {list(plan.patch_size)}): "
+                f"{first[:200]}") from None
         network.set_dynamic_form(form)
         self.fp16 = fp16 and cuda and precision != "fp32"
         self.half = self.fp16 and precision == "half"

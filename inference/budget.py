@@ -1,4 +1,6 @@
-"""The GPU memory budget: what the challenge allows, what CUDA takes, what we ask for.
+"""Memory budgets: the GPU's (what the challenge allows, what CUDA takes, what we ask
+for) and the host's (the container's limit, which decides whether the next case may be
+read while this one is predicted).
 
 A module of its own, with no imports, so the command line can show the default without
 importing the predictor before the first case's read has started.
@@ -22,3 +24,49 @@ def memory_fraction(gpu_memory_mb: float, device: str) -> float:
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**20
     allocator_mb = max(gpu_memory_mb - CUDA_CONTEXT_MB, 256)
     return float(min(allocator_mb / total, 1.0))
+
+
+# Resident memory per byte of input voxels, measured by benchmark.host_memory on the CPU
+# (onnxruntime): a case's peak above the baseline is about PEAK_PER_VOXEL_BYTE times its
+# voxel bytes; reading a case holds its voxels and, briefly, its compressed file.
+PEAK_PER_VOXEL_BYTE = 2.0
+READ_PER_VOXEL_BYTE = 1.5
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def host_memory_limit_mb() -> float | None:
+    """The memory limit of this process's container (cgroup v2 or v1), MB; None if unlimited."""
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for no limit
+            return int(text) / 2**20
+        return None
+    return None
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, MB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def may_read_ahead(limit_mb: float | None, current_bytes: int, next_bytes: int | None) -> bool:
+    """Whether the next case can be read while the current one is predicted, within the
+    limit: what this process holds now, the current case's growth, the next one's read."""
+    if limit_mb is None:
+        return True
+    if next_bytes is None:
+        return False
+    need = resident_mb() + (PEAK_PER_VOXEL_BYTE * current_bytes
+                            + READ_PER_VOXEL_BYTE * next_bytes) / 2**20
+    return need <= 0.85 * limit_mb

@@ -23,24 +23,28 @@ Choices, each with a test in tests/inference/test_nifti.py:
 
 Writing copies the input's 348-byte header (geometry, units, qform and sform untouched),
 sets the voxel type, and gzips with a fast level: the output re-reads on a bit-identical
-grid. Files go to a hidden temporary name in the output folder, then `os.replace`.
+grid. Files go to a hidden temporary `.<case>.<hex>.partial` in the output folder, then
+`os.replace`; a later run removes the temporaries of a run that was killed mid-write.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import io
 import logging
 import os
 import re
 import struct
-import uuid
 import zlib
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
+
+from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary
 
 try:  # isal inflates/deflates 2-3x faster than zlib; fall back when it is absent
     from isal import igzip as _gzip
@@ -57,8 +61,6 @@ _GZIP_ERRORS = (OSError, ValueError, zlib.error, _isal_error)
 
 log = logging.getLogger(__name__)
 
-CASE_SUFFIX = "_0000.nii.gz"
-NIFTI_SUFFIX = ".nii.gz"
 
 # Let ITK orthonormalise a sheared sform instead of refusing the file. Set once, here: the
 # predictor reads in a thread, and setenv racing getenv elsewhere can crash the process.
@@ -71,6 +73,9 @@ _CHUNK = 1 << 24
 # NIfTI-1 datatype codes a grey-value CT can be stored as -> bytes per voxel.
 _VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
 _UINT8, _FLOAT32 = 2, 16
+_UNSIGNED = (2, 512, 768, 1280)  # uint8, uint16, uint32, uint64
+AIR_HU = -500.0  # every CT of a body has voxels below this (air)
+_UNSIGNED_SHIFT = -1024  # HU = stored value - 1024 when the intercept was lost
 # Voxel types read as they are (CT is mostly int16); wider ones become float32 HU.
 _KEPT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16),
                np.dtype(np.float32))
@@ -87,13 +92,6 @@ def simpleitk():
     # ITK's own warnings go to stderr with C++ source paths; we log one line each instead.
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     return sitk
-
-
-class InputError(Exception):
-    """A problem with one input that the user can fix; str() is one line naming the file."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -143,66 +141,6 @@ class CtVolume:
 # ----------------------------------------------------------------------------- folders
 
 
-def list_cases(input_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """The folder's `<case>_0000.nii.gz` files as sorted (case_id, path), hidden ones skipped."""
-    folder = Path(input_dir)
-    if not folder.exists():
-        raise InputError(f"input folder {folder} does not exist: mount the scans there")
-    if not folder.is_dir():
-        raise InputError(f"input folder {folder} is a file, not a folder")
-    try:
-        names = sorted(entry.name for entry in os.scandir(folder))
-    except OSError as error:
-        raise InputError(f"input folder {folder} cannot be listed ({error.strerror})") from None
-    cases = [
-        (name[: -len(CASE_SUFFIX)], folder / name)
-        for name in names
-        if name.endswith(CASE_SUFFIX) and len(name) > len(CASE_SUFFIX)
-        and not name.startswith(".") and not (folder / name).is_dir()
-    ]
-    if not cases:
-        visible = [name for name in names if not name.startswith(".")]
-        if visible:
-            found = "it holds " + ", ".join(visible[:3]) + (", ..." if len(visible) > 3 else "")
-        else:
-            found = "it holds only hidden files" if names else "it is empty"
-        raise InputError(f"no *{CASE_SUFFIX} file in input folder {folder} ({found}): "
-                         f"inputs must be named <case>{CASE_SUFFIX}")
-    return cases
-
-
-def shard(cases: Sequence, num_parts: int, part_id: int) -> list:
-    """Part `part_id` of `num_parts` round-robin parts of `cases` (deterministic, balanced)."""
-    for name, value in (("num_parts", num_parts), ("part_id", part_id)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if num_parts < 1:
-        raise ValueError(f"num_parts must be at least 1, got {num_parts}")
-    if not 0 <= part_id < num_parts:
-        raise ValueError(f"part_id must be in [0, {num_parts - 1}], got {part_id}")
-    return list(cases)[part_id::num_parts]
-
-
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Create the output folder if missing and prove it writable by creating a file in it."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise InputError(f"output folder {folder} is a file, not a folder") from None
-    except OSError as error:
-        raise InputError(f"output folder {folder} cannot be created ({error.strerror}): "
-                         "choose another path or create it first") from None
-    probe = folder / f".write-test-{uuid.uuid4().hex}"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
-    except OSError as error:
-        raise InputError(f"output folder {folder} is not writable ({error.strerror}): mount it "
-                         f"read-write or make it writable for user id {os.getuid()}") from None
-    return folder
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -213,6 +151,7 @@ class _Header:
     datatype: int
     vox_offset: int
     compressed: bool  # gzip; _inspect looked at the magic bytes already
+    gzip_end: int | None = None  # where the gzip data ends when bytes follow it
 
     @property
     def end_of_data(self) -> int:
@@ -258,13 +197,52 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
         raise InputError(f"{path}: ITK reads a {source.GetSize()} image with "
                          f"{components} component(s) but the header "
                          f"describes {header.shape}: rewrite the file as a 3D NIfTI-1 volume")
-    grid = Grid(source.GetSize(), source.GetSpacing(), source.GetOrigin(),
-                source.GetDirection(), header.raw)
+    spacing, direction = _checked_spacing(source.GetSpacing(), source.GetDirection(),
+                                          header.raw, path)
+    grid = Grid(source.GetSize(), spacing, source.GetOrigin(), direction, header.raw)
     if itk_voxels and image.GetPixelID() == sitk.sitkFloat32:
         array = sitk.GetArrayFromImage(image)
     elif itk_voxels:  # converting from the view skips an intermediate copy in the file's type
         array = sitk.GetArrayViewFromImage(image).astype(np.float32)
-    return CtVolume(_check_intensities(array, path), grid, path)
+    return CtVolume(_check_air(_check_intensities(array, path), header, path), grid, path)
+
+
+def _checked_spacing(spacing, direction, raw: bytes, path: Path) -> tuple[tuple, tuple]:
+    """Spacing and direction with every voxel size positive, saying what was repaired.
+
+    A negative pixdim (ITK's header read then gives a negative spacing) becomes its size
+    along a mirrored axis: the same voxel positions, as ITK's full read places them. A
+    zero or NaN pixdim, which ITK silently reads as 1 mm, takes the sform's voxel size
+    when the file has an sform, and stays 1 mm with a warning when it has none.
+    """
+    endian = _endian(raw)
+    pixdim = struct.unpack_from(endian + "3f", raw, 80)
+    sform_code = struct.unpack_from(endian + "h", raw, 254)[0]
+    srow = np.array(struct.unpack_from(endian + "12f", raw, 280), np.float64).reshape(3, 4)
+    spacing = [float(v) for v in spacing]
+    matrix = np.array(direction, np.float64).reshape(3, 3)
+    notes = []
+    for axis, value in enumerate(pixdim):
+        name = f"pixdim[{axis + 1}] is {value:g}"
+        if np.isfinite(value) and value < 0 and spacing[axis] < 0:
+            spacing[axis], matrix[:, axis] = -spacing[axis], -matrix[:, axis]
+            notes.append(f"{name}: read as {abs(value):g} mm along a mirrored axis, as ITK does")
+        elif np.isfinite(value) and value < 0:
+            notes.append(f"{name}: the voxel size is read as {spacing[axis]:g} mm, where "
+                         "ITK places the voxels")
+        elif not (np.isfinite(value) and value > 0):
+            size = float(np.linalg.norm(srow[:, axis])) if sform_code > 0 else float("nan")
+            if np.isfinite(size) and size > 0:
+                spacing[axis] = size
+                notes.append(f"{name}: the voxel size {size:g} mm is taken from the sform")
+            else:
+                notes.append(f"{name} and there is no sform: taken as {spacing[axis]:g} mm, as "
+                             "ITK does; the mask is wrong if that is not the voxel size")
+    if notes:
+        log.warning("%s: %s", path, "; ".join(notes))
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(f"{path}: voxel spacing {spacing} is not positive: fix pixdim")
+    return tuple(spacing), tuple(float(v) for v in matrix.ravel())
 
 
 def _read_voxels(path: Path, header: _Header) -> np.ndarray:
@@ -279,7 +257,7 @@ def _read_voxels(path: Path, header: _Header) -> np.ndarray:
         endian))
     view, filled = memoryview(array).cast("B"), 0
     try:
-        with closing(_voxel_stream(path, header.compressed)) as stream:
+        with closing(_voxel_stream(path, header.compressed, header.gzip_end)) as stream:
             stream.seek(header.vox_offset)
             while filled < array.nbytes and (count := stream.readinto(view[filled:])):
                 filled += count
@@ -298,7 +276,7 @@ def _read_voxels(path: Path, header: _Header) -> np.ndarray:
     return array if array.dtype in _KEPT_TYPES else array.astype(np.float32)
 
 
-def _voxel_stream(path: Path, compressed: bool) -> BinaryIO:
+def _voxel_stream(path: Path, compressed: bool, gzip_end: int | None = None) -> BinaryIO:
     """The file's uncompressed bytes as a stream.
 
     A gzip file is read whole, then inflated from memory. The file-backed reader takes the
@@ -308,6 +286,8 @@ def _voxel_stream(path: Path, compressed: bool) -> BinaryIO:
     """
     if not compressed:
         return open(path, "rb")
+    if gzip_end is not None:  # bytes after the gzip data, which gzip -d ignores too
+        return _gzip.GzipFile(fileobj=io.BytesIO(path.read_bytes()[:gzip_end]), mode="rb")
     if _InMemoryGzipReader is not None:
         return _InMemoryGzipReader(path.read_bytes())
     return _gzip.open(path, "rb")  # pragma: no cover - without isal
@@ -338,17 +318,45 @@ def _inspect(path: Path) -> _Header:
         raise InputError(f"{path}: a {len(dims)}D image of size {_x(dims)}: only one 3D CT "
                          "volume per file is supported; save each volume as its own file")
     if compressed:
-        _check_gzip_complete(path, header, size)
+        header = _check_gzip_complete(path, header, size)
     elif size < header.end_of_data:
         raise InputError(f"{path}: truncated: the header describes {header.end_of_data} bytes "
                          f"but the file holds {size}; copy it again")
     return header
 
 
+def voxel_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes of the voxels a file's header describes (its first 348 bytes only); None if
+    the header cannot be read (the read itself then says why)."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(1 << 16)
+            compressed = start[:2] == _GZIP_MAGIC
+            head = _gunzip_head(stream, start, Path(path)) if compressed else start
+        header = _parse_header(head, Path(path), compressed, warn=False)
+    except (OSError, InputError):
+        return None
+    return header.end_of_data - header.vox_offset
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """InputError unless ``path`` is a whole NIfTI-1 file (header and every voxel byte)."""
+    _inspect(Path(path))
+
+
 def _gunzip_head(stream: BinaryIO, start: bytes, path: Path) -> bytes:
+    """The first 348 uncompressed bytes, read across gzip members (an empty first member,
+    as some writers leave, is skipped like gzip -d does)."""
     inflater = zlib.decompressobj(wbits=31)
     head, pending = b"", start
-    while len(head) < _HEADER_SIZE and not inflater.eof:
+    while len(head) < _HEADER_SIZE:
+        if inflater.eof:  # the next member, if any
+            pending = inflater.unused_data + pending
+            if len(pending) < 2:
+                pending += stream.read(1 << 16)
+            if pending[:2] != _GZIP_MAGIC:
+                break
+            inflater = zlib.decompressobj(wbits=31)
         if not pending:
             pending = stream.read(1 << 16)
             if not pending:
@@ -362,7 +370,7 @@ def _gunzip_head(stream: BinaryIO, start: bytes, path: Path) -> bytes:
     return head
 
 
-def _parse_header(head: bytes, path: Path, compressed: bool) -> _Header:
+def _parse_header(head: bytes, path: Path, compressed: bool, warn: bool = True) -> _Header:
     what = "the decompressed data" if compressed else "the file (not gzip-compressed)"
     # sizeof_hdr, read in either byte order, tells the version and the byte order
     sizes = {order: struct.unpack_from(order + "i", head)[0] for order in "<>"} \
@@ -379,6 +387,11 @@ def _parse_header(head: bytes, path: Path, compressed: bool) -> _Header:
     dim = struct.unpack_from(endian + "8h", head, 40)
     datatype = struct.unpack_from(endian + "h", head, 70)[0]
     (vox_offset,) = struct.unpack_from(endian + "f", head, 108)
+    if 3 < dim[0] <= 7 and min(dim[1:4]) >= 1 and min(dim[4 : dim[0] + 1]) == 0:
+        # a zero extent past the third axis means no such axis to ITK (and to nibabel)
+        (log.warning if warn else log.debug)("%s: dim=%s has a zero extent past the third axis; read as one 3D "
+                    "volume, as ITK reads it", path, list(dim))
+        dim = (3, *dim[1:4], 1, 1, 1, 1)
     if not 1 <= dim[0] <= 7 or min(dim[1 : dim[0] + 1]) < 1 or not vox_offset >= _HEADER_SIZE:
         raise InputError(f"{path}: corrupt NIfTI header (dim={list(dim)}, "
                          f"vox_offset={vox_offset:g})")
@@ -389,29 +402,57 @@ def _parse_header(head: bytes, path: Path, compressed: bool) -> _Header:
                    int(vox_offset), compressed)
 
 
-def _check_gzip_complete(path: Path, header: _Header, size: int) -> None:
+def _check_gzip_complete(path: Path, header: _Header, size: int) -> _Header:
+    """The header, with ``gzip_end`` set when bytes follow the gzip data; InputError when
+    the data stop short of what the header describes or fail their CRC."""
     expected = header.end_of_data
     with open(path, "rb") as stream:
         stream.seek(max(size - 4, 0))
         tail = stream.read(4)
     # A truncated file has no trailer: its last 4 bytes match the size by chance (2**-32).
     if len(tail) == 4 and struct.unpack("<I", tail)[0] == expected % 2**32:
-        return
-    total = 0
-    buffer = bytearray(_CHUNK)
-    try:
-        with _gzip.open(path, "rb") as stream:
-            while count := stream.readinto(buffer):
-                total += count
-    except EOFError:
-        raise InputError(f"{path}: truncated: the gzip stream stops after "
-                         f"{min(total / expected, 1):.0%} of the image; copy the file again") \
-            from None
-    except _GZIP_ERRORS as error:
-        raise InputError(f"{path}: corrupt gzip data ({error}): copy the file again") from None
+        return header
+    total, end = _inflate_members(path, expected)
     if total < expected:
         raise InputError(f"{path}: truncated: {total} bytes decompressed but the header "
                          f"describes {expected}; copy the file again")
+    if end < size:
+        log.warning("%s: %d bytes after the end of the gzip data are ignored (as gzip -d "
+                    "ignores them)", path, size - end)
+        return dataclasses.replace(header, gzip_end=end)
+    return header
+
+
+def _inflate_members(path: Path, expected: int) -> tuple[int, int]:
+    """(uncompressed bytes, end of the gzip data) over every gzip member of ``path``.
+
+    Stops at the first bytes that do not start a member (trailing padding or junk, which
+    gzip -d and ITK ignore). A member cut short or with a bad CRC is an InputError.
+    """
+    total = offset = 0
+    with open(path, "rb") as stream:
+        data = stream.read(_CHUNK)
+        while data[:2] == _GZIP_MAGIC:
+            inflater = zlib.decompressobj(wbits=31)
+            while True:
+                try:
+                    total += len(inflater.decompress(data))
+                except zlib.error as error:
+                    raise InputError(f"{path}: corrupt gzip data ({error}): copy the file "
+                                     "again") from None
+                if inflater.eof:
+                    offset += len(data) - len(inflater.unused_data)
+                    data = inflater.unused_data
+                    if len(data) < 2:
+                        data += stream.read(_CHUNK)
+                    break
+                offset += len(data)
+                data = stream.read(_CHUNK)
+                if not data:
+                    raise InputError(f"{path}: truncated: the gzip stream stops after "
+                                     f"{min(total / max(expected, 1), 1):.0%} of the image; "
+                                     "copy the file again")
+    return total, offset
 
 
 def _check_intensities(array: np.ndarray, path: Path) -> np.ndarray:
@@ -428,6 +469,40 @@ def _check_intensities(array: np.ndarray, path: Path) -> np.ndarray:
     if low >= -0.5 and high <= 1.5:
         raise InputError(f"{path}: intensities span [{low:g}, {high:g}], which looks normalised "
                          "or like a mask: pass the CT in Hounsfield units (air -1000, water 0)")
+    return array
+
+
+def _check_air(array: np.ndarray, header: _Header, path: Path) -> np.ndarray:
+    """A CT of a body always shows air (outside it, in the lungs, in the bowel). A volume
+    with no voxel under -500 HU is not in Hounsfield units, or was cropped to tissue.
+
+    The common export mistake, unsigned voxels holding HU + 1024 with the rescale
+    intercept lost, is corrected when the evidence is unambiguous: unsigned voxels, no
+    scaling in the header, voxels near 0, at least 0.1 % of voxels where air would be,
+    and tissue above 1024. 8-bit voxels without scaling cannot hold a CT: refused.
+    Anything else without air is read as it is, with a warning.
+    """
+    low = float(array.min())
+    if low < AIR_HU:
+        return array
+    slope, inter = struct.unpack_from(_endian(header.raw) + "2f", header.raw, 112)
+    scaled = slope != 0 and np.isfinite(slope) and (slope, inter) != (1, 0)
+    high = float(array.max())
+    if header.datatype == _UINT8 and not scaled:
+        raise InputError(f"{path}: 8-bit voxels ({low:g} to {high:g}) without scaling cannot "
+                         "be a CT in Hounsfield units (a display image?): export the CT "
+                         "with its full range")
+    if header.datatype in _UNSIGNED and not scaled and low < 200 and high > -_UNSIGNED_SHIFT \
+            and np.count_nonzero(array < AIR_HU - _UNSIGNED_SHIFT) >= 0.001 * array.size:
+        log.warning("%s: unsigned voxels with no rescale intercept and no value under %g HU "
+                    "(%g to %g): read as HU + 1024, the intercept of -1024 lost in export; "
+                    "1024 subtracted", path, AIR_HU, low, high)
+        wide = np.int16 if high + _UNSIGNED_SHIFT <= np.iinfo(np.int16).max else np.float32
+        return (array.astype(wide if wide is np.float32 else np.int32) + _UNSIGNED_SHIFT
+                ).astype(wide)
+    log.warning("%s: no voxel under %g HU (%g to %g), while a CT of a body always shows "
+                "air: not in Hounsfield units, or cropped to tissue? The mask may be wrong",
+                path, AIR_HU, low, high)
     return array
 
 
@@ -485,23 +560,32 @@ def _write(array: np.ndarray, grid: Grid, out_path: Path, datatype: int) -> Path
         raise ValueError(f"output name must end with {NIFTI_SUFFIX}: {out_path}")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with _atomic(out_path) as temporary:
-            if grid.header is not None:
-                header = _output_header(grid.header, grid.size, datatype)
-                # NIfTI data follows the header's byte order; a no-op on little-endian input
-                data = array.astype(array.dtype.newbyteorder(_endian(grid.header)), copy=False)
-                with open(temporary, "wb") as raw:
-                    _compress_to(raw, (header, memoryview(data).cast("B")))
-            else:  # a grid made in code, not read from a file: ITK writes the geometry
-                sitk = simpleitk()
-                image = sitk.GetImageFromArray(array)
-                image.SetSpacing(grid.spacing)
-                image.SetOrigin(grid.origin)
-                image.SetDirection(grid.direction)
-                sitk.WriteImage(image, str(temporary), True, 1)
+        source = grid.header if grid.header is not None else _itk_header(grid)
+        header = _output_header(source, grid.size, datatype)
+        # NIfTI data follows the header's byte order; a no-op on little-endian input
+        data = array.astype(array.dtype.newbyteorder(_endian(source)), copy=False)
+        with atomic_temporary(out_path) as temporary, open(temporary, "wb") as raw:
+            _compress_to(raw, (header, memoryview(data).cast("B")))
     except OSError as error:
         raise InputError(f"{out_path}: cannot be written ({error.strerror or error})") from None
     return out_path
+
+
+def _itk_header(grid: Grid) -> bytes:
+    """The NIfTI-1 header ITK writes for a grid made in code (its qform and sform from
+    spacing, origin and direction); ``_output_header`` then sets the size and type."""
+    import tempfile
+
+    sitk = simpleitk()
+    image = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "grid.nii")
+        sitk.WriteImage(image, path)
+        with open(path, "rb") as f:
+            return f.read(_HEADER_SIZE)
 
 
 def _compress_to(raw: BinaryIO, chunks: Sequence[bytes | memoryview]) -> None:
@@ -527,21 +611,3 @@ def _output_header(input_header: bytes, size: Sequence[int], datatype: int) -> b
 
 def _endian(header: bytes) -> str:
     return "<" if struct.unpack_from("<i", header)[0] == _HEADER_SIZE else ">"
-
-
-@contextmanager
-def _atomic(out_path: Path) -> Iterator[Path]:
-    """A hidden temporary `.nii.gz` beside `out_path`, moved onto it only when complete."""
-    stem = out_path.name[: -len(NIFTI_SUFFIX)]
-    temporary = out_path.with_name(f".{stem}.{uuid.uuid4().hex[:12]}{NIFTI_SUFFIX}")
-    # 0o666 less the umask, like any new file: a temporary from mkstemp would stay 0o600.
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield temporary
-        os.replace(temporary, out_path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise

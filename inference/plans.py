@@ -8,11 +8,15 @@ the same spacing, orientation, normalisation and post-processing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 PLAN_VERSION = 1
 ORIENTATIONS = ("LPS", "RAS")
+SPACING_RANGE_MM = (0.1, 20.0)
+PATCH_RANGE = (8, 2048)
+MIN_TILE_STEP = 0.05
 
 
 class PlanError(ValueError):
@@ -60,24 +64,51 @@ class Plan:
     version: int = PLAN_VERSION
 
     def validate(self, source: str = "plan") -> "Plan":
+        """Every field within the range a CT model can use; PlanError names the first not.
+
+        The ranges are wide (a model for any CT) but bounded: a 0.001 mm spacing or a
+        tile step of 1e-4 would run out of memory or time instead of failing.
+        """
         def fail(message):
             raise PlanError(f"{source}: {message}")
 
-        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-            fail(f"target_spacing must be three positive numbers (x, y, z mm), "
-                 f"got {self.target_spacing}")
-        if len(self.patch_size) != 2 or min(self.patch_size) <= 0:
-            fail(f"patch_size must be two positive integers, got {self.patch_size}")
-        if self.context_slices < 1 or self.context_slices % 2 == 0:
-            fail(f"context_slices must be odd and positive, got {self.context_slices}")
+        def number(name, value, low, high, low_open=False):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or not (low < value if low_open else low <= value) \
+                    or value > high:
+                fail(f"{name} must be a number in {'(' if low_open else '['}{low:g}, {high:g}], "
+                     f"got {value!r}")
+
+        if len(self.target_spacing) != 3:
+            fail(f"target_spacing must be three numbers (x, y, z mm), got {self.target_spacing}")
+        for value in self.target_spacing:
+            number("target_spacing (mm)", value, *SPACING_RANGE_MM)
+        if len(self.patch_size) != 2:
+            fail(f"patch_size must be two integers, got {self.patch_size}")
+        for value in self.patch_size:
+            number("patch_size", value, *PATCH_RANGE)
+        number("context_slices", self.context_slices, 1, 31)
+        if self.context_slices % 2 == 0:
+            fail(f"context_slices must be odd, got {self.context_slices}")
         if self.orientation not in ORIENTATIONS:
             fail(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
-        if not 0 < self.tile_step <= 1:
-            fail(f"tile_step is a fraction of the patch in (0, 1], got {self.tile_step}")
-        if self.normalization.std <= 0 or self.normalization.clip_high <= self.normalization.clip_low:
-            fail("normalization needs std > 0 and clip_high > clip_low")
-        if not 0 < self.postprocessing.threshold < 1:
-            fail(f"postprocessing.threshold must lie in (0, 1), got {self.postprocessing.threshold}")
+        number("batch_size", self.batch_size, 1, 1024)
+        number("tile_step (a fraction of the patch)", self.tile_step, MIN_TILE_STEP, 1)
+        number("body_threshold_hu", self.body_threshold_hu, -1100, 500)
+        if not isinstance(self.smoothing, bool):
+            fail(f"smoothing must be true or false, got {self.smoothing!r}")
+        norm = self.normalization
+        for name in ("clip_low", "clip_high", "mean"):
+            number(f"normalization.{name}", getattr(norm, name), -5000, 5000)
+        number("normalization.std", norm.std, 0, 5000, low_open=True)
+        if norm.clip_high <= norm.clip_low:
+            fail(f"normalization needs clip_high > clip_low, got {norm.clip_high} <= {norm.clip_low}")
+        post = self.postprocessing
+        number("postprocessing.threshold", post.threshold, 0, 1, low_open=True)
+        if post.threshold == 1:
+            fail("postprocessing.threshold must lie in (0, 1), got 1")
+        number("postprocessing.min_volume_mm3", post.min_volume_mm3, 0, math.inf)
+        number("postprocessing.min_confidence", post.min_confidence, 0, 1)
         if self.version != PLAN_VERSION:
             fail(f"plan version {self.version} is not supported (this code reads {PLAN_VERSION})")
         return self

@@ -19,7 +19,8 @@ import numpy as np
 from inference import nifti
 from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
                                 resolve_device)
-from inference.budget import CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, memory_fraction
+from inference.budget import (CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, host_memory_limit_mb,
+                              may_read_ahead, memory_fraction)
 from inference.pipeline import decide, network_probability
 from inference.plans import Plan
 from inference.preprocess import Prepared, preprocess, restore, restore_probability
@@ -47,8 +48,10 @@ class Predictor:
     def __init__(self, weights: str | Path, device: str = "auto", backend: str = "auto",
                  gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, step: float | None = None,
                  batch_size: int | None = None, plan: Plan | None = None,
-                 torch_mode: str = DEFAULT_TORCH_MODE, threads: int | None = None):
+                 torch_mode: str = DEFAULT_TORCH_MODE, threads: int | None = None,
+                 memory_limit_mb: float | None = None):
         start = time.perf_counter()
+        self.memory_limit_mb = memory_limit_mb or host_memory_limit_mb()
         self.weights = Path(weights)
         self.plan = plan or load_plan(self.weights)
         if step is not None:
@@ -58,6 +61,7 @@ class Predictor:
         name = choose_backend(backend, self.device)
         if name == "onnx":
             self.backend = OnnxBackend(self.weights, self.device, threads=threads)
+            self.backend.check_plan(self.plan)
         else:
             fraction = None
             if self.device != "cpu":
@@ -145,19 +149,18 @@ class Predictor:
 
     def run(self, cases: list[tuple[str, Path]], output_dir: Path, skip_existing: bool = False,
             save_probabilities: bool = False, show_progress: bool = True,
-            first_read: FirstRead | None = None) -> list[CaseResult]:
+            first_read: FirstRead | None = None, report=None) -> list[CaseResult]:
         """Predict ``(case_id, path)`` pairs into ``output_dir``; failures are reported, not raised.
 
         ``first_read`` is a read already under way (``read_ahead``, started before the
-        model was built); it is used if it reads the first case still to do.
+        model was built); it is used if it reads the first case still to do. ``report``
+        (``inference.supervise.Progress``) hears of each case started and of each case
+        ended, written or failed, as soon as it is.
         """
         from tqdm import tqdm
 
         output_dir = Path(output_dir)
         todo = cases_to_do(cases, output_dir, skip_existing)
-        if len(todo) < len(cases):
-            log.info("--continue: %d of %d cases already written", len(cases) - len(todo),
-                     len(cases))
         results: list[CaseResult] = []
         writes: list[tuple[CaseResult, Future]] = []
         with ThreadPoolExecutor(1, "read") as reader, ThreadPoolExecutor(1, "write") as writer:
@@ -169,10 +172,20 @@ class Predictor:
             for i, (case, path) in enumerate(tqdm(todo, desc="cases", unit="case",
                                                   disable=not show_progress)):
                 future, pending = pending, None
-                if i + 1 < len(todo):
+                ahead = i + 1 < len(todo) and self._may_read_ahead(path, todo[i + 1][1])
+                if ahead:
                     pending = reader.submit(timed_read, todo[i + 1][1])
+                if report is not None:
+                    report.started(i)
                 result = self._run_one(case, future, output_dir, writer, save_probabilities,
                                        writes)
+                if not ahead and i + 1 < len(todo):  # read once this case's data is freed
+                    pending = reader.submit(timed_read, todo[i + 1][1])
+                if result.error and report is not None:
+                    report.ended(i, ok=False)
+                elif report is not None:
+                    writes[-1][1].add_done_callback(
+                        lambda done, i=i: report.ended(i, ok=done.exception() is None))
                 results.append(result)
             for result, future in writes:
                 try:
@@ -183,6 +196,18 @@ class Predictor:
                     continue
                 log.info("%s: %s", result.case, _format_timings(result))
         return results
+
+    def _may_read_ahead(self, current: Path, following: Path) -> bool:
+        """Read the next case during this one unless that could pass the memory limit."""
+        if self.memory_limit_mb is None:
+            return True
+        ahead = may_read_ahead(self.memory_limit_mb, nifti.voxel_bytes(current) or 0,
+                               nifti.voxel_bytes(following))
+        if not ahead:
+            log.info("%s: read after the case before it, not during it: both at once could "
+                     "pass the memory limit of %.0f MB", Path(following).name,
+                     self.memory_limit_mb)
+        return ahead
 
     def _run_one(self, case, future, output_dir, writer, save_probabilities, writes):
         result = CaseResult(case=case)

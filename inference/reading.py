@@ -7,6 +7,7 @@ case, and the read is the longest part of it.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,12 +15,29 @@ from pathlib import Path
 
 from inference import nifti
 
+log = logging.getLogger(__name__)
+
 
 def cases_to_do(cases: list[tuple[str, Path]], output_dir: Path,
                 skip_existing: bool) -> list[tuple[str, Path]]:
-    """The cases a run predicts: all, or with ``--continue`` those not yet written."""
-    return [(c, p) for c, p in cases
-            if not (skip_existing and (Path(output_dir) / f"{c}.nii.gz").exists())]
+    """The cases a run predicts: all, or with ``--continue`` those without a complete mask.
+
+    A mask counts as written only if it is a whole NIfTI file (header, and all the voxels
+    its header describes): a 0-byte or cut-off file left by a killed run is done again.
+    """
+    if not skip_existing:
+        return list(cases)
+    todo = []
+    for case, path in cases:
+        mask = Path(output_dir) / f"{case}.nii.gz"
+        if mask.exists():
+            try:
+                nifti.check_complete(mask)
+                continue
+            except nifti.InputError as error:
+                log.warning("--continue: %s; predicting %s again", error, case)
+        todo.append((case, path))
+    return todo
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from inference.plans import Plan
@@ -36,14 +37,23 @@ def sha256(path: Path) -> str:
 
 
 def read_sums(folder: Path) -> dict[str, str]:
+    """``name -> sha256`` from SHA256SUMS (``sha256sum``'s format); WeightsError if malformed."""
     path = folder / SUMS
     if not path.is_file():
         raise WeightsError(f"{path}: missing; the weights folder has no checksums")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise WeightsError(f"{path}: cannot be read ({error})") from None
     sums = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.lstrip("*")] = digest
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
+            raise WeightsError(f"{path}: line {number} is not '<sha256>  <file name>' "
+                               f"({line.strip()[:60]!r}); write it with sha256sum")
+        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
     return sums
 
 

@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from inference.model import ModelConfigError
-    from inference.nifti import InputError
+    from inference.folders import InputError
     from inference.plans import PlanError
     from inference.weights import WeightsError
     from training.dataset import DatasetError

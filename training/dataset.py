@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from inference import nifti
+from inference import folders, nifti
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,17 @@ def list_dataset(dataset: str | Path, need_labels: bool = True) -> list[CaseEntr
         raise DatasetError(f"{dataset}: no such dataset folder")
     images = dataset / "imagesTr"
     try:
-        found = nifti.list_cases(images) if images.is_dir() else []
-    except nifti.InputError:
+        found = folders.list_cases(images) if images.is_dir() else []
+    except folders.InputError:
         found = []
     if not found:
-        raise DatasetError(f"{dataset}: no images found as imagesTr/<case>{nifti.CASE_SUFFIX}; "
+        raise DatasetError(f"{dataset}: no images found as imagesTr/<case>{folders.CASE_SUFFIX}; "
                            "point -d at a FLARE-style dataset folder")
     meta, records = read_metadata(dataset)
     partial_dataset = bool(meta.get("partial_labels", False))
     entries = []
     for case, image in found:
-        label = dataset / "labelsTr" / f"{case}{nifti.NIFTI_SUFFIX}"
+        label = dataset / "labelsTr" / f"{case}{folders.NIFTI_SUFFIX}"
         if not label.is_file():
             if need_labels:
                 log.warning("%s: no label %s; case skipped", image, label)

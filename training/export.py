@@ -21,7 +21,7 @@ from inference.pipeline import module_predictor, network_probability
 from inference.plans import Plan
 from inference.weights import write_weights
 from training.preprocessing import cached_cases, load_case
-from training.trainer import BEST, LAST, SPLIT, TrainingError, build_network
+from training.trainer import BEST, LAST, SPLIT, TrainingError, build_network, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
         path = run_dir / LAST
     if not path.is_file():
         raise TrainingError(f"{path}: no checkpoint; train first (python -m training train)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     plan = Plan.from_dict(state["plan"], str(path))
     network = build_network(plan)
     network.load_state_dict(state["model"])

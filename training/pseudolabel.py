@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import nifti
+from inference import folders, nifti
 from inference.postprocess import remove_components
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run_pseudolabel(args) -> dict:
 
     from inference.predictor import Predictor
 
-    cases = nifti.list_cases(args.input)
+    cases = folders.list_cases(args.input)
     out = Path(args.output)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)

@@ -124,6 +124,26 @@ def split_cases(cases: list[str], val_fraction: float, val_cases=None, seed: int
     return train, val
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's tensors and plain data; never code.
+
+    ``weights_only`` unpickles tensors, numbers, strings and containers only, so a
+    checkpoint someone hands you cannot run code when it is loaded (``--resume``,
+    ``--init-weights``, export).
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainingError(f"{path}: not a checkpoint of tensors and plain data, refused "
+                            f"({reason[:200]})") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -227,7 +247,7 @@ def train(args) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
     start_epoch, best, history, spent_s = 0, -math.inf, [], 0.0
     if args.resume and (run_dir / LAST).is_file():
-        state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False)
+        state = load_checkpoint(run_dir / LAST)
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # with the next epoch's learning rate
         scaler.load_state_dict(state["scaler"])
@@ -247,7 +267,7 @@ def train(args) -> dict:
         if args.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
             if not Path(args.init_weights).is_file():
                 raise TrainingError(f"--init-weights {args.init_weights}: no such checkpoint")
-            state = torch.load(args.init_weights, map_location="cpu", weights_only=False)
+            state = load_checkpoint(args.init_weights)
             network.load_state_dict(state["model"] if "model" in state else state)
             if main:
                 log.info("initialised from %s", args.init_weights)

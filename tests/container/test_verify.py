@@ -81,3 +81,25 @@ def test_a_run_meant_to_fail_must_leave_the_folder_empty(run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert verify(inputs, empty, empty=True) == []
+
+
+def test_a_case_meant_to_fail_must_have_no_mask_and_the_others_theirs(run):
+    inputs, outputs, mask = run
+    sitk.WriteImage(image(np.zeros((6, 10, 12), np.int16)), str(inputs / "big_0000.nii.gz"))
+    assert verify(inputs, outputs, missing=["big"]) == []
+    problems = verify(inputs, outputs, missing=["case"])
+    assert sorted(p.rsplit(": ", 1)[1] for p in problems) == ["missing", "written, but this "
+                                                               "case was meant to fail"]
+    sitk.WriteImage(image(mask), str(outputs / "big.nii.gz"))
+    assert "meant to fail" in verify(inputs, outputs, missing=["big"])[0]
+
+
+def test_a_stopped_run_may_miss_masks_but_not_all(run, tmp_path):
+    inputs, outputs, _ = run
+    sitk.WriteImage(image(np.zeros((6, 10, 12), np.int16)), str(inputs / "later_0000.nii.gz"))
+    assert verify(inputs, outputs, some=True) == []
+    (outputs / ".later.0123456789ab.partial").write_bytes(b"")
+    assert "stray" in verify(inputs, outputs, some=True)[0]
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert "no mask at all" in verify(inputs, empty, some=True)[0]

@@ -17,21 +17,12 @@ import pytest
 import SimpleITK as sitk
 
 from inference import nifti
-from inference.nifti import (
-    CtVolume,
-    Grid,
-    InputError,
-    check_output_dir,
-    list_cases,
-    read_ct,
-    shard,
-    write_mask,
-    write_probabilities,
-)
+from inference.folders import InputError, check_output_dir, list_cases, shard
+from inference.nifti import CtVolume, Grid, read_ct, write_mask, write_probabilities
 
 REAL_DATA = Path(__file__).parents[2].parent / "shared" / "data" / "real"
 
-_DATATYPE = {"uint8": 2, "int16": 4, "int32": 8, "float32": 16, "float64": 64, "uint16": 512}
+_DATATYPE = {"uint8": 2, "int8": 256, "int16": 4, "int32": 8, "float32": 16, "float64": 64, "uint16": 512}
 
 
 def nifti1(array_zyx, spacing=(0.8, 0.8, 2.5), affine=None, slope=0.0, inter=0.0,
@@ -202,6 +193,11 @@ def test_voxels_equal_itk_for_every_type_byte_order_and_scaling(tmp_path, dtype,
         order = ">" if dtype.startswith(">") else "<"
         struct.pack_into(order + "2f", raw, 112, 0.5, -1024.0)
     path.write_bytes(gzip.compress(bytes(raw), compresslevel=1))
+    if dtype == "uint8" and not scaled:  # 0..255 without scaling cannot be HU
+        for itk_voxels in (False, True):
+            with pytest.raises(InputError, match="8-bit voxels"):
+                read_ct(path, itk_voxels=itk_voxels)
+        return
     ours, itk = read_ct(path), read_ct(path, itk_voxels=True)
     assert ours.grid == itk.grid
     np.testing.assert_array_equal(ours.array.astype(np.float32), itk.array)
@@ -316,17 +312,34 @@ def test_big_endian_file_is_read_and_its_mask_round_trips(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), array > 0)
 
 
-@pytest.mark.parametrize("dtype", ["int16", "int32", "uint16", "float32", "float64", "uint8"])
+@pytest.mark.parametrize("dtype", ["int16", "int32", "uint16", "float32", "float64", "int8"])
 def test_voxel_types_are_kept_up_to_16_bits_else_float32_hu(tmp_path, dtype):
     values = ct_like().astype(np.int32)
-    if dtype.startswith("uint"):  # unsigned files store HU + 1024 (or a clipped window)
-        values = (values + 1024).clip(0, 255 if dtype == "uint8" else None)
+    if dtype == "uint16":  # HU with air, stored unsigned with its intercept's data shifted
+        values = values.clip(0, None) + 600  # no value where air would be: kept as it is
+    if dtype == "int8":
+        values = values.clip(-128, 127)
     array = values.astype(dtype)
     path = save(tmp_path, f"{dtype}_0000.nii.gz", nifti1(array))
     volume = read_ct(path)
-    kept = dtype in ("int16", "uint16", "uint8", "float32")
+    kept = dtype in ("int16", "uint16", "int8", "float32")
     assert volume.array.dtype == (np.dtype(dtype) if kept else np.float32)
     np.testing.assert_array_equal(volume.array.astype(np.float32), array.astype(np.float32))
+
+
+def test_unsigned_hu_plus_1024_without_its_intercept_is_corrected(tmp_path, caplog):
+    hu = ct_like()
+    path = save(tmp_path, "shifted_0000.nii.gz", nifti1((hu.astype(np.int32) + 1024)
+                                                        .astype(np.uint16)))
+    with caplog.at_level(logging.WARNING, logger="inference.nifti"):
+        volume = read_ct(path)
+    np.testing.assert_array_equal(volume.array, hu)
+    assert volume.array.dtype == np.int16 and "1024 subtracted" in caplog.text
+    caplog.clear()
+    tissue = save(tmp_path, "tissue_0000.nii.gz", nifti1(np.clip(hu, -100, None)))
+    with caplog.at_level(logging.WARNING, logger="inference.nifti"):
+        np.testing.assert_array_equal(read_ct(tissue).array, np.clip(hu, -100, None))
+    assert "no voxel under -500 HU" in caplog.text and "tissue_0000" in caplog.text
 
 
 def test_scl_slope_and_inter_are_applied(tmp_path):
@@ -523,14 +536,15 @@ def test_mask_is_invisible_to_globbing_readers_until_complete(tmp_path, monkeypa
 
     def spy(raw, chunks):
         seen["visible"] = glob.glob(str(out_dir / "*.nii.gz"))  # as sh and glob do
+        seen["hidden"] = glob.glob(str(out_dir / ".*.nii.gz"))  # nor a listing of all
         seen["all"] = sorted(p.name for p in out_dir.iterdir())
         compress(raw, chunks)
 
     monkeypatch.setattr(nifti, "_compress_to", spy)
     write_mask(volume.array > 0, volume, out_dir / "case.nii.gz")
-    assert seen["visible"] == []
+    assert seen["visible"] == [] and seen["hidden"] == []
     (temporary,) = seen["all"]
-    assert temporary.startswith(".") and temporary.endswith(".nii.gz")
+    assert temporary.startswith(".case.") and temporary.endswith(".partial")
     assert [p.name for p in out_dir.iterdir()] == ["case.nii.gz"]
 
 

@@ -345,3 +345,32 @@ def test_thresholds_and_pseudolabel_cli_on_exported_weights(small_plan, cache, d
                  str(tmp_path / "pseudo"), "--quiet"]) == 0
     meta = json.loads((tmp_path / "pseudo" / "dataset.json").read_text())
     assert sum(meta["counts"].values()) == 5
+
+
+class _RunsCode:
+    """A pickle that would run code when unpickled (writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoints_that_would_run_code_are_refused_in_one_line(tmp_path):
+    marker = tmp_path / "code-ran"
+    bad = tmp_path / "handed.pt"
+    torch.save({"model": {}, "extra": _RunsCode(marker)}, bad)
+    with pytest.raises(trainer.TrainingError) as info:
+        trainer.load_checkpoint(bad)
+    assert not marker.exists()
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    # resume, --init-weights and export all go through it
+    for source in ("training/trainer.py", "training/export.py"):
+        text = (REPO / source).read_text()
+        assert "weights_only=False" not in text and "load_checkpoint(" in text
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3, "best": float("-inf"),
+                "history": [{"loss": 0.5}], "plan": Plan().to_dict()}, plain)
+    state = trainer.load_checkpoint(plain)
+    assert state["epoch"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))

@@ -1,0 +1,199 @@
+"""Interruptions: a killed worker, SIGTERM, temporaries left by a killed run, --continue."""
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inference.folders import remove_stale_temporaries
+from inference.supervise import supervise
+from tests.inference.conftest import write_phantom_case
+from tests.inference.test_cli import ROOT, check_outputs, run_cli
+
+
+def test_a_case_that_kills_its_worker_costs_that_case_only(caplog):
+    cases = [(f"c{i}", None) for i in range(5)]
+    killed_once = []
+
+    def work(part, report):
+        for i, (case, _) in enumerate(part):
+            report.started(i)
+            if case == "c2" and not killed_once:
+                killed_once.append(case)
+                os.kill(os.getpid(), signal.SIGKILL)
+            report.ended(i, ok=case != "c4")
+        return 0
+
+    code, failed = supervise(cases, work)
+    assert code == 1
+    assert [case for case, _ in failed] == ["c2", "c4"]  # c2 was killed, c4 failed alone
+    err = caplog.text
+    assert "c2: failed: the process was killed by SIGKILL while predicting it" in err
+    assert "2 case(s) left go on in a new process" in err
+
+
+def test_a_worker_killed_before_its_first_case_ends_the_run(caplog):
+    def work(part, report):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    code, failed = supervise([("a", None), ("b", None)], work)
+    assert code == 1 and [c for c, _ in failed] == ["a", "b"]
+    assert "killed by SIGKILL before its first case" in caplog.text
+
+
+def test_cases_queued_for_writing_when_the_worker_died_are_done_again(tmp_path):
+    seen = tmp_path / "parts"  # the workers are forked: they tell the test through a file
+
+    def work(part, report):
+        with open(seen, "a") as f:
+            f.write(" ".join(case for case, _ in part) + "\n")
+        report.started(0)  # c0 computed, its write still queued ...
+        if len(part) > 1:
+            report.started(1)  # ... while c1 is computed, and the worker dies
+            os.kill(os.getpid(), signal.SIGKILL)
+        report.ended(0)
+        return 0
+
+    code, failed = supervise([("c0", None), ("c1", None)], work)
+    assert [c for c, _ in failed] == ["c1"] and code == 1
+    assert seen.read_text().splitlines() == ["c0 c1", "c0"]
+
+
+def _start(inputs, outputs, weights, *extra):
+    cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs),
+           "--weights", str(weights), "--disable-progress-bar", "--device", "cpu", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def many_cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(12):
+        write_phantom_case(folder, f"case{i:02d}", i, shape=(160, 140, 40))
+    return folder
+
+
+def test_sigterm_stops_soon_and_leaves_only_whole_masks(many_cases, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    run = _start(many_cases, out, tiny_weights, "--backend", "onnx")
+    _wait_for(lambda: out.is_dir() and any(out.glob("*.nii.gz")))
+    run.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, err = run.communicate(timeout=60)
+    assert time.monotonic() - started < 5  # docker stop's grace period is 10 s
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    names = sorted(p.name for p in out.iterdir())
+    assert names and all(n.endswith(".nii.gz") and not n.startswith(".") for n in names)
+    assert len(names) < 12
+    check_outputs(many_cases, out, [n[: -len(".nii.gz")] for n in names])
+
+
+def test_a_killed_worker_loses_its_case_and_the_run_goes_on(many_cases, tmp_path,
+                                                            tiny_weights):
+    out = tmp_path / "out"
+    run = _start(many_cases, out, tiny_weights, "--backend", "onnx")
+    _wait_for(lambda: out.is_dir() and any(out.glob("*.nii.gz")))
+    worker = _children(run.pid)
+    assert len(worker) == 1
+    os.kill(worker[0], signal.SIGKILL)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 1, err
+    lost = [line for line in err.splitlines() if "was killed by SIGKILL" in line]
+    assert len(lost) == 1, err
+    case = lost[0].split(":")[0]
+    written = sorted(p.name[: -len(".nii.gz")] for p in out.glob("*.nii.gz"))
+    assert case not in written and len(written) == 11
+    assert err.splitlines()[-1] == f"1 of 12 cases failed: {case}"
+    check_outputs(many_cases, out, written)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    old = time.time() - 60
+    stale = tmp_path / ".case.0123456789ab.partial"
+    legacy = tmp_path / ".case.ba9876543210.nii.gz"  # the name earlier versions used
+    live = tmp_path / ".other.00112233aabb.partial"
+    fresh = tmp_path / ".new.445566778899.partial"
+    mine = tmp_path / ".notes.txt"
+    for path in (stale, legacy, live, fresh, mine):
+        path.write_bytes(b"")
+        if path is not fresh:
+            os.utime(path, (old, old))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(live)!r}, os.O_RDONLY)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        removed = remove_stale_temporaries(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(removed) == sorted([stale, legacy])
+    assert live.exists() and fresh.exists() and mine.exists()
+    fd = os.open(live, os.O_RDONLY)  # the lock died with its process
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+
+
+def test_a_run_clears_what_a_killed_run_left(tmp_path, tiny_weights):
+    inputs = tmp_path / "in"
+    write_phantom_case(inputs, "a", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    left = out / ".a.0123456789ab.partial"
+    left.write_bytes(b"")
+    os.utime(left, (time.time() - 60,) * 2)
+    result = run_cli(inputs, out, tiny_weights, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz"]
+    assert "removed 1 temporary file(s)" in result.stderr
+
+
+def test_continue_redoes_empty_and_cut_off_masks(tmp_path, tiny_weights):
+    inputs = tmp_path / "in"
+    for i, case in enumerate(("done", "empty", "cut")):
+        write_phantom_case(inputs, case, i)
+    out = tmp_path / "out"
+    first = run_cli(inputs, out, tiny_weights, "--device", "cpu")
+    assert first.returncode == 0, first.stderr
+    whole = (out / "cut.nii.gz").read_bytes()
+    (out / "empty.nii.gz").write_bytes(b"")
+    (out / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    kept = (out / "done.nii.gz").stat().st_mtime_ns
+    again = run_cli(inputs, out, tiny_weights, "--device", "cpu", "--continue")
+    assert again.returncode == 0, again.stderr
+    assert "--continue: 1 of 3 cases already written" in again.stderr
+    for case in ("empty", "cut"):
+        assert sum(f"predicting {case} again" in line
+                   for line in again.stderr.splitlines()) == 1, again.stderr
+    assert (out / "done.nii.gz").stat().st_mtime_ns == kept
+    check_outputs(inputs, out, ["done", "empty", "cut"])
