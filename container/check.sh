@@ -9,7 +9,7 @@
 # with one change each (--gpus only where a GPU is; Docker refuses it elsewhere), and
 # container/verify.py checks every mask: uint8 {0,1}, the input's exact grid, nothing else in
 # the folder, the same voxels as the first variant. Two runs end early on purpose:
-# `docker stop` during the run (exit 143 within seconds, whole masks only), and a 400 MB
+# `docker stop` during the run (exit 143 within seconds, whole masks only), and a 300 MB
 # memory limit that one large case exceeds (that case lost alone). Then the image goes through
 # `docker save | gzip`, is removed and `docker load`ed back from that archive, and runs once
 # more. Needs root (to own the output folders the way a harness would), docker, and python3
@@ -42,8 +42,8 @@ for scan in "$real"/*_0000.nii.gz; do
 done
 [ "$n_real" -gt 0 ] || say "no real scans in $real: phantoms only"
 n_cases=$(find "$work/cases" -name '*_0000.nii.gz' | wc -l)
-# one case too large for a 400 MB container: 512x512x400 int16 is 200 MB of voxels
-python3 -m training.phantoms -o "$work/big" -n 1 --shape 512 512 400 --seed 2416 \
+# one case too large for a 300 MB container: 512x512x400 int16 is 200 MB of voxels
+python3 -m training.phantoms -o "$work/big" -n 1 --shape 512 512 400 --seed 2416 --dtype int16 \
     --quiet --disable-progress-bar || { say "error: could not make the large phantom"; exit 2; }
 
 gpus=""
@@ -142,7 +142,7 @@ stop_variant() {
     report_variant docker-stop "$rc" "$seconds s to stop, $written of $((n_cases * 3)) masks"
 }
 
-# memory_variant: under `docker run -m 400m`, a case too large for the limit gets its
+# memory_variant: under `docker run -m 300m`, a case too large for the limit gets its
 # process killed by the kernel; it must fail alone, in one line, and every other case
 # must still get its mask (a new worker process takes them over).
 memory_variant() {
@@ -152,7 +152,7 @@ memory_variant() {
     cp "$work/big/imagesTr/phantom_000_0000.nii.gz" "$ws/inputs/big_0000.nii.gz"
     start=$(date +%s.%N)
     # shellcheck disable=SC2086  # $gpus is a list of options
-    docker container run --shm-size=28gb -m 28G $gpus --rm -m 400m --memory-swap 400m \
+    docker container run --shm-size=28gb -m 28G $gpus --rm -m 300m --memory-swap 300m \
         -v "$ws/inputs/:/workspace/inputs/" -v "$ws/outputs/:/workspace/outputs/" \
         "$image" /bin/bash -c "sh predict.sh" >"$ws/log" 2>&1
     rc=$?

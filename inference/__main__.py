@@ -135,7 +135,9 @@ def _work(args, cases: list, report) -> int:
     except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
         log.error("error: %s", error)
         return 2
-    ready_s = time.perf_counter() - START
+    # a worker that took over from a killed one times its start-up from its own start
+    origin = report.born if report.replacement else START
+    ready_s = time.perf_counter() - origin
     # The read-ahead inflates the voxels first and needs ITK only for the geometry at the
     # end: importing SimpleITK (about 50 ms) here, while it still inflates, takes that
     # import off the read's path.

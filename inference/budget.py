@@ -26,11 +26,12 @@ def memory_fraction(gpu_memory_mb: float, device: str) -> float:
     return float(min(allocator_mb / total, 1.0))
 
 
-# Resident memory per byte of input voxels, measured by benchmark.host_memory on the CPU
-# (onnxruntime): a case's peak above the baseline is about PEAK_PER_VOXEL_BYTE times its
-# voxel bytes; reading a case holds its voxels and, briefly, its compressed file.
-PEAK_PER_VOXEL_BYTE = 2.0
-READ_PER_VOXEL_BYTE = 1.5
+# Resident memory per byte of input voxels (benchmark.host_memory, CPU, onnxruntime): a
+# case's peak is its read, the voxels and the mapped compressed file (about 1.5x the voxel
+# bytes above the baseline). Once the read-ahead is decided the current case is read; it
+# then grows by its mask and upsampling slabs while its input is released: under 1x.
+GROWTH_PER_VOXEL_BYTE = 1.0
+READ_PER_VOXEL_BYTE = 1.6
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
@@ -67,6 +68,6 @@ def may_read_ahead(limit_mb: float | None, current_bytes: int, next_bytes: int |
         return True
     if next_bytes is None:
         return False
-    need = resident_mb() + (PEAK_PER_VOXEL_BYTE * current_bytes
+    need = resident_mb() + (GROWTH_PER_VOXEL_BYTE * current_bytes
                             + READ_PER_VOXEL_BYTE * next_bytes) / 2**20
     return need <= 0.85 * limit_mb

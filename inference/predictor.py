@@ -115,15 +115,21 @@ class Predictor:
             progress=progress)
 
     def predict(self, volume: nifti.CtVolume, probabilities: bool = False,
-                progress=None) -> CaseResult:
-        """Mask (uint8 z, y, x on the input grid) for one volume, with stage timings."""
+                progress=None, release_input: bool = False) -> CaseResult:
+        """Mask (uint8 z, y, x on the input grid) for one volume, with stage timings.
+
+        ``release_input`` drops ``volume.array`` once it is preprocessed: the rest needs
+        only its grid, and the input is the largest array of the case.
+        """
         result = CaseResult(case=str(volume.path or "array"))
         t = time.perf_counter()
+        shape = volume.array.shape
         prepared = self.prepare(volume)
+        if release_input:
+            volume.array = None
         result.timings["preprocess"] = _lap(t)
         post = self.plan.postprocessing
         if prepared.box is None:  # no body at all: nothing to find
-            shape = volume.array.shape
             result.mask = np.zeros(shape, np.uint8)
             result.probability = np.zeros(shape, np.float32) if probabilities else None
             return result
@@ -213,7 +219,8 @@ class Predictor:
         result = CaseResult(case=case)
         try:
             volume, read_s = future.result()
-            predicted = self.predict(volume, probabilities=save_probabilities)
+            predicted = self.predict(volume, probabilities=save_probabilities,
+                                     release_input=True)
         except nifti.InputError as error:
             result.error = str(error)
             log.error("%s", result.error)

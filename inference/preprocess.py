@@ -199,6 +199,9 @@ def body_mask(volume, plan: Plan) -> np.ndarray:
     return body.cpu().numpy()
 
 
+RESTORE_SLAB = 16  # output slices upsampled at a time
+
+
 def restore(probability: np.ndarray, kept: np.ndarray, prepared: Prepared, threshold: float,
             to_device: Callable = np.asarray, margin: int = 1) -> np.ndarray:
     """uint8 {0,1} mask on the input grid from the kept lesions at network resolution.
@@ -222,10 +225,17 @@ def restore(probability: np.ndarray, kept: np.ndarray, prepared: Prepared, thres
             lo = max(int(np.floor((idx[0] - margin) * n_out / n_in)), 0)
             hi = min(int(np.ceil((idx[-1] + 1 + margin) * n_out / n_in)), n_out)
             region.append((lo, hi))
-        up = resize_linear(to_device(lesion), crop_shape, tuple(region)) > threshold
-        up = up if isinstance(up, np.ndarray) else up.cpu().numpy()
+        lesion = to_device(lesion)
         crop = full[prepared.box]
-        crop[tuple(slice(lo, hi) for lo, hi in region)] = up
+        (z_lo, z_hi), rows, columns = region
+        inplane = (slice(*rows), slice(*columns))
+        # slab by slab: the float32 upsampling of a box that spans the body would take
+        # several times the input's memory at once
+        for z0 in range(z_lo, z_hi, RESTORE_SLAB):
+            z1 = min(z0 + RESTORE_SLAB, z_hi)
+            up = resize_linear(lesion, crop_shape, ((z0, z1), rows, columns)) > threshold
+            crop[(slice(z0, z1), *inplane)] = up if isinstance(up, np.ndarray) else \
+                up.cpu().numpy()
     return np.ascontiguousarray(prepared.reorientation.invert(full))
 
 

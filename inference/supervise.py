@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,10 +36,16 @@ class Stopped(BaseException):
 
 
 class Progress:
-    """The worker's side of the pipe: one line per case started and ended."""
+    """The worker's side of the pipe: one line per case started and ended.
 
-    def __init__(self, fd: int | None = None):
+    ``replacement`` says the worker took over from one that was killed, and ``born`` when
+    (``time.perf_counter()``), so its start-up is timed from its own start.
+    """
+
+    def __init__(self, fd: int | None = None, replacement: bool = False):
         self.fd = fd
+        self.replacement = replacement
+        self.born = time.perf_counter()
 
     def started(self, index: int) -> None:
         self._send(f"start {index}")
@@ -73,9 +80,10 @@ def supervise(cases: Sequence, work: Callable[[list, Progress], int]) -> tuple[i
     """
     if not hasattr(os, "fork"):  # pragma: no cover - not on Linux
         return _in_process(list(cases), work)
-    remaining, failed = list(cases), []
+    remaining, failed, replacement = list(cases), [], False
     while remaining:
-        status, started, ended, lost = _run_worker(remaining, work)
+        status, started, ended, lost = _run_worker(remaining, work, replacement)
+        replacement = True
         failed += [remaining[i] for i in sorted(lost)]
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
@@ -109,7 +117,8 @@ def _in_process(cases: list, work) -> tuple[int, list]:  # pragma: no cover - no
         return 128 + stop.signum, []
 
 
-def _run_worker(cases: list, work) -> tuple[int, set[int], set[int], set[int]]:
+def _run_worker(cases: list, work,
+                replacement: bool) -> tuple[int, set[int], set[int], set[int]]:
     """Fork, let the child run ``work`` on ``cases``; (wait status, started, ended, failed)."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
@@ -121,7 +130,7 @@ def _run_worker(cases: list, work) -> tuple[int, set[int], set[int], set[int]]:
         try:
             _raise_own_oom_score()
             stop_on_signals()
-            code = work(cases, Progress(write_end))
+            code = work(cases, Progress(write_end, replacement))
         except Stopped as stop:
             code = 128 + stop.signum
         except BaseException:  # noqa: BLE001 - a bug: show it, and let the parent go on

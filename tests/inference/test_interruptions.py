@@ -197,3 +197,20 @@ def test_continue_redoes_empty_and_cut_off_masks(tmp_path, tiny_weights):
                    for line in again.stderr.splitlines()) == 1, again.stderr
     assert (out / "done.nii.gz").stat().st_mtime_ns == kept
     check_outputs(inputs, out, ["done", "empty", "cut"])
+
+
+def test_under_a_tight_memory_limit_the_next_case_is_read_after_this_one(tmp_path,
+                                                                          tiny_weights):
+    from inference.budget import may_read_ahead
+
+    assert may_read_ahead(None, 10**9, 10**9)  # no limit: always
+    assert not may_read_ahead(64.0, 10**8, 10**8) and may_read_ahead(10**6, 10**8, 10**8)
+    inputs = tmp_path / "in"
+    for i, case in enumerate(("a", "b", "c")):
+        write_phantom_case(inputs, case, i)
+    out = tmp_path / "out"
+    result = run_cli(inputs, out, tiny_weights, "--device", "cpu", "--memory-limit-mb", "1")
+    assert result.returncode == 0, result.stderr
+    later = [line for line in result.stderr.splitlines() if "read after the case before" in line]
+    assert [line.split(":")[0] for line in later] == ["b_0000.nii.gz", "c_0000.nii.gz"]
+    check_outputs(inputs, out, ["a", "b", "c"])
