@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         log.error("stopped by %s: the masks written are complete; the case in flight was "
                   "abandoned and left no file", signal_name(code - 128))
     elif code == 0:
-        log.info("%d cases written to %s in %.1f s", len(cases), args.output,
+        log.info("every case has its mask in %s (%d cases, %.1f s)", args.output, len(cases),
                  time.perf_counter() - START)
     return code
 

@@ -136,9 +136,12 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainingError(f"{path}: not a checkpoint of tensors and plain data, refused "
-                            f"({reason[:200]})") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's message opens with advice to load it unsafely; the reason is further on
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                      lines[0] if lines else type(error).__name__)
+        raise TrainingError(f"{path}: not a checkpoint of tensors and plain data, refused: "
+                            f"{reason[:200]}") from None
     if not isinstance(state, dict):
         raise TrainingError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     return state
