@@ -11,7 +11,8 @@
 #     polled every 0.1 s) at 55, 215 and 554 slices, with the shipped weights and with an
 #     untrained `fast` (heads at p(lesion) 0.01, so its masks are as sparse as a trained
 #     model's);
-#   - the stage split of the 554-slice case (benchmark.stages), both weights;
+#   - the stage split of the 554-slice case (benchmark.stages), both weights, and
+#     channels-last (`--torch-mode grouped/autocast/nhwc`);
 #   - fp16 (autocast, with and without CUDA-graph replay; half with graphs) against fp32
 #     masks of the untrained `fast` without the prior (it marks much, a strict test):
 #     container/verify.py --same-as lists the voxels that differ;
@@ -58,31 +59,33 @@ step 15 launches python3 -m benchmark.launches --presets tiny "$PRESET" -o "$RES
 
 # shellcheck disable=SC2086 # SIZES is a word list
 profile() {  # profile TAG WEIGHTS
-    step 75 "profile $1" python3 -m benchmark.profile -i "$T4" --sizes $SIZES --weights "$2" \
+    step 70 "profile $1" python3 -m benchmark.profile -i "$T4" --sizes $SIZES --weights "$2" \
         --device "$DEVICE" --backend torch --tag "$1" -o "$RES"
 }
 profile shipped-torch "$SHIPPED"
 profile "$PRESET-torch-prior" "$WP"
-stages() {  # stages TAG WEIGHTS
-    step 45 "stages $1" python3 -m benchmark.stages -i "$LARGEST" --weights "$2" \
-        --device "$DEVICE" --backend torch --tag "$1" -o "$RES" --no-warmup
+stages() {  # stages TAG WEIGHTS [TORCH_MODE_OPTION]
+    # shellcheck disable=SC2086 # ${3:-}: "--torch-mode MODE" or nothing
+    step 40 "stages $1" python3 -m benchmark.stages -i "$LARGEST" --weights "$2" \
+        --device "$DEVICE" --backend torch --tag "$1" -o "$RES" --no-warmup ${3:+--predict-args "$3"}
 }
 stages shipped-torch "$SHIPPED"
 stages "$PRESET-torch-prior" "$WP"
-step 40 network-modes python3 -m benchmark.network_modes --preset "$PRESET" --device "$DEVICE" \
+step 30 network-modes python3 -m benchmark.network_modes --preset "$PRESET" --device "$DEVICE" \
     --batches 16 64 -o "$RES"
+stages "$PRESET-torch-prior-nhwc" "$WP" "--torch-mode grouped/autocast/nhwc"
 
 # fp16 against fp32 on the same cases: the same voxels?
 mkdir -p "$WORK/agree"
 for z in $SIZES; do
     ln -f "$T4/table4_z$(printf %03d "$z")_0000.nii.gz" "$WORK/agree/"
 done
-for mode in grouped/fp32 grouped/autocast grouped/autocast/graph branches/half/graph; do
+for mode in grouped/fp32 grouped/autocast grouped/autocast/graph branches/half/graph/nhwc; do
     tag=$(echo "$mode" | tr '/' '_')
-    step 25 "masks $mode" python3 -m inference -i "$WORK/agree" -o "$WORK/masks_$tag" \
+    step 22 "masks $mode" python3 -m inference -i "$WORK/agree" -o "$WORK/masks_$tag" \
         --weights "$W" --device "$DEVICE" --torch-mode "$mode" --quiet --disable-progress-bar
 done
-for tag in grouped_autocast grouped_autocast_graph branches_half_graph; do
+for tag in grouped_autocast grouped_autocast_graph branches_half_graph_nhwc; do
     step 10 "agreement $tag vs fp32" sh -c "python3 container/verify.py --inputs '$WORK/agree' \
         --outputs '$WORK/masks_$tag' --same-as '$WORK/masks_grouped_fp32' \
         >'$RES/agreement_${tag}_vs_fp32.txt' 2>&1 && echo 'every mask identical to fp32' \

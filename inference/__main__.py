@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tile step as a fraction of the patch (default: the plan's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: from the memory budget)")
-    p.add_argument("--torch-mode", default="grouped/autocast", metavar="FORM/PRECISION[/graph]",
+    p.add_argument("--torch-mode", default="grouped/autocast",
+                   metavar="FORM/PRECISION[/graph][/nhwc]",
                    help="torch backend on a GPU: dynamic-conv form, precision and CUDA-graph "
                         "replay (default grouped/autocast; see benchmark.network_modes)")
     p.add_argument("--threads", type=int, default=None,

@@ -144,11 +144,12 @@ DEFAULT_TORCH_MODE = "grouped/autocast"
 class TorchBackend:
     """The torch state dict on CUDA (fp16) or the CPU.
 
-    ``mode`` is ``FORM/PRECISION[/graph]``: the dynamic-convolution form (``grouped`` or
-    ``branches``, the same function), the precision on CUDA (``autocast``: fp16 with
-    instance norm and softmax in fp32; ``half``: everything fp16; ``fp32``), and with
+    ``mode`` is ``FORM/PRECISION[/graph][/nhwc]``: the dynamic-convolution form (``grouped``
+    or ``branches``, the same function), the precision on CUDA (``autocast``: fp16 with
+    instance norm and softmax in fp32; ``half``: everything fp16; ``fp32``), with
     ``/graph`` each batch shape is captured once as a CUDA graph and replayed, which
-    saves the launch cost of the network's many small kernels.
+    saves the launch cost of the network's many small kernels, and with ``/nhwc`` weights
+    and tiles are channels-last.
     ``python -m benchmark.network_modes`` measures them. On CUDA, a batch smaller than the
     largest seen is padded up to it, so every call has one shape (cuDNN's autotuning and
     graph capture then happen once).
@@ -162,7 +163,7 @@ class TorchBackend:
 
         from inference.model import LesionProbability, build_model
 
-        form, precision, graph = _parse_mode(mode)
+        form, precision, graph, nhwc = _parse_mode(mode)
         self.torch = torch
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
@@ -196,6 +197,12 @@ class TorchBackend:
         model = LesionProbability(network).eval().to(self.device)
         self.model = model.half() if self.half else model
         self.graphs = {} if graph and cuda else None
+        # channels-last (NHWC) weights and tiles: the layout tensor cores read in fp16
+        self.memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        if nhwc:  # the 4D convolution weights (a dynamic convolution's are 5D: kept)
+            for parameter in self.model.parameters():
+                if parameter.dim() == 4:
+                    parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
         self.widest = 0
         self.oom_errors = (torch.cuda.OutOfMemoryError,) if cuda else ()
         self.provider = f"torch {torch.__version__} on {self.device}, {form}" + (
@@ -210,6 +217,7 @@ class TorchBackend:
     def _forward(self, tiles):
         if self.half:
             tiles = tiles.half()
+        tiles = tiles.contiguous(memory_format=self.memory_format)
         return network_forward(self.model, tiles, autocast=self.fp16 and not self.half)
 
     def __call__(self, tiles):
@@ -254,12 +262,16 @@ class TorchBackend:
         return output.clone()
 
 
-def _parse_mode(mode: str) -> tuple[str, str, bool]:
+def _parse_mode(mode: str) -> tuple[str, str, bool, bool]:
+    """(form, precision, CUDA graphs, channels-last) of ``FORM/PRECISION[/graph][/nhwc]``."""
     parts = mode.split("/")
+    nhwc = parts[-1] == "nhwc"
+    if nhwc:
+        parts = parts[:-1]
     graph = parts[-1] == "graph"
     if graph:
         parts = parts[:-1]
     if "/".join(parts) not in TORCH_MODES:
-        raise DeviceError(f"torch mode must be FORM/PRECISION[/graph], one of "
+        raise DeviceError(f"torch mode must be FORM/PRECISION[/graph][/nhwc], one of "
                           f"{', '.join(TORCH_MODES)}; got {mode!r}")
-    return parts[0], parts[1], graph
+    return parts[0], parts[1], graph, nhwc

@@ -14,7 +14,8 @@ def tiles():
 
 
 @pytest.mark.parametrize("mode", ["grouped/autocast", "branches/autocast", "branches/fp32",
-                                  "grouped/half/graph"])
+                                  "grouped/half/graph", "grouped/fp32/nhwc",
+                                  "branches/half/graph/nhwc"])
 def test_every_mode_gives_the_same_probabilities(tiny_weights, tiles, mode):
     plan = load_plan(tiny_weights)
     reference = TorchBackend(tiny_weights, plan, "cpu", mode="grouped/fp32")(tiles)
@@ -26,7 +27,8 @@ def test_every_mode_gives_the_same_probabilities(tiny_weights, tiles, mode):
     assert 0 <= float(out.min()) and float(out.max()) <= 1
 
 
-@pytest.mark.parametrize("mode", ["grouped", "grouped/bf16", "dense/fp32", "grouped/fp32/x"])
+@pytest.mark.parametrize("mode", ["grouped", "grouped/bf16", "dense/fp32", "grouped/fp32/x",
+                                  "grouped/fp32/nhwc/graph"])
 def test_unknown_modes_are_refused_in_one_line(tiny_weights, mode):
     with pytest.raises(DeviceError, match="FORM/PRECISION"):
         TorchBackend(tiny_weights, load_plan(tiny_weights), "cpu", mode=mode)
