@@ -161,7 +161,7 @@ class TorchBackend:
                  memory_fraction: float | None = None, mode: str = DEFAULT_TORCH_MODE):
         import torch
 
-        from inference.model import LesionProbability, build_model
+        from inference.model import LesionProbability, NnSam
 
         form, precision, graph, nhwc = _parse_mode(mode)
         self.torch = torch
@@ -180,8 +180,7 @@ class TorchBackend:
             torch.backends.cudnn.benchmark = False
         path = weights_io.verified(folder, weights_io.TORCH_MODEL)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        network = build_model(plan.preset, patch_size=tuple(plan.patch_size),
-                              in_channels=plan.context_slices)
+        network = NnSam(plan.network)
         try:
             network.load_state_dict(state)
         except RuntimeError as error:  # torch lists every key; the first says enough

@@ -12,6 +12,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from inference.network_config import (ModelConfigError, NetworkConfig, config_from_dict,
+                                      config_to_dict, get_config)
+
 PLAN_VERSION = 1
 ORIENTATIONS = ("LPS", "RAS")
 SPACING_RANGE_MM = (0.1, 20.0)
@@ -61,7 +64,19 @@ class Plan:
     smoothing: bool = False
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
+    # The whole network: every field of NetworkConfig. ``preset`` names the defaults it
+    # was made from; a plan written before the network was stored gets them (with the
+    # plan's patch and context slices), so old weights folders still load.
+    network: NetworkConfig | None = None
     version: int = PLAN_VERSION
+
+    def __post_init__(self):
+        if self.network is None:
+            try:
+                self.network = get_config(self.preset, patch_size=tuple(self.patch_size),
+                                          in_channels=int(self.context_slices))
+            except (ModelConfigError, TypeError, ValueError):
+                pass  # validate() says what is wrong
 
     def validate(self, source: str = "plan") -> "Plan":
         """Every field within the range a CT model can use; PlanError names the first not.
@@ -109,12 +124,21 @@ class Plan:
             fail("postprocessing.threshold must lie in (0, 1), got 1")
         number("postprocessing.min_volume_mm3", post.min_volume_mm3, 0, math.inf)
         number("postprocessing.min_confidence", post.min_confidence, 0, 1)
+        if self.network is None:
+            fail(f"no network: unknown preset {self.preset!r} and no network fields")
+        if tuple(self.network.patch_size) != tuple(self.patch_size) or \
+                self.network.in_channels != self.context_slices:
+            fail(f"network.patch_size {list(self.network.patch_size)} and network.in_channels "
+                 f"{self.network.in_channels} must equal patch_size {list(self.patch_size)} and "
+                 f"context_slices {self.context_slices}")
         if self.version != PLAN_VERSION:
             fail(f"plan version {self.version} is not supported (this code reads {PLAN_VERSION})")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["network"] = config_to_dict(self.network) if self.network is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> "Plan":
@@ -126,8 +150,12 @@ class Plan:
         try:
             values["normalization"] = Normalization(**data.get("normalization", {}))
             values["postprocessing"] = PostProcessing(**data.get("postprocessing", {}))
+            if values.get("network") is not None:
+                values["network"] = config_from_dict(values["network"], f"{source}: network")
         except TypeError as error:
             raise PlanError(f"{source}: {error}") from None
+        except ModelConfigError as error:
+            raise PlanError(str(error)) from None
         if "target_spacing" in values:
             values["target_spacing"] = tuple(float(v) for v in values["target_spacing"])
         if "patch_size" in values:

@@ -79,10 +79,9 @@ class Predictor:
             return self.backend.batch_size
         if self.device == "cpu":
             return 8
-        from inference.model import get_config, tile_activation_bytes
+        from inference.model import tile_activation_bytes
 
-        config = get_config(self.plan.preset, patch_size=tuple(self.plan.patch_size))
-        per_tile = tile_activation_bytes(config, bytes_per_value=2)
+        per_tile = tile_activation_bytes(self.plan.network, bytes_per_value=2)
         free = (gpu_memory_mb - CUDA_CONTEXT_MB) * 2**20 * 0.6
         return int(np.clip(free // per_tile, 1, 64))
 

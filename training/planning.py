@@ -160,7 +160,7 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
     return Plan(target_spacing=tuple(float(v) for v in target_spacing),
                 patch_size=tuple(config.patch_size), context_slices=context_slices,
                 preset=preset, batch_size=batch_size, normalization=norm,
-                postprocessing=post, smoothing=smoothing).validate("plan")
+                postprocessing=post, smoothing=smoothing, network=config).validate("plan")
 
 
 def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),

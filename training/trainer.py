@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from inference.model import build_model
+from inference.model import NnSam
 from inference.plans import Plan
 from inference.preprocess import pad_value
 from training.augment import AUGMENTATIONS, augment
@@ -180,8 +180,8 @@ def apply_gradients(network, optimizer, scaler, max_norm: float = GRAD_CLIP) -> 
 
 
 def build_network(plan: Plan):
-    return build_model(plan.preset, patch_size=tuple(plan.patch_size),
-                       in_channels=plan.context_slices)
+    """The network the plan describes, field by field (``plan.network``)."""
+    return NnSam(plan.network)
 
 
 def init_lesion_prior(network, prior: float) -> None:

@@ -67,7 +67,12 @@ def test_plan_values_out_of_range_are_refused_before_any_case(one_case, tmp_path
 ])
 def test_a_plan_that_does_not_fit_the_model_is_one_line(one_case, tmp_path, tiny_weights,
                                                          backend, change, words):
-    weights = _resigned(tiny_weights, tmp_path / "w", lambda plan: plan.update(change))
+    def consistent(plan):  # the plan agrees with itself, the model does not
+        plan.update(change)
+        plan["network"].update({"in_channels": plan["context_slices"],
+                                "patch_size": plan["patch_size"]})
+
+    weights = _resigned(tiny_weights, tmp_path / "w", consistent)
     result = run_cli(one_case, tmp_path / "out", weights, "--backend", backend,
                      "--device", "cpu")
     _one_line_exit_2(result, *words)
@@ -80,3 +85,78 @@ def test_malformed_checksums_are_one_line(one_case, tmp_path, tiny_weights, text
     shutil.copytree(tiny_weights, weights)
     (weights / SUMS).write_bytes(text.encode("latin-1"))
     _one_line_exit_2(run_cli(one_case, tmp_path / "out", weights), SUMS)
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def test_the_plan_stores_every_network_field_and_reads_it_back(tmp_path):
+    from dataclasses import fields
+
+    from inference.network_config import NetworkConfig, get_config
+    from inference.plans import Plan
+
+    config = get_config("tiny", base_features=12, n_kernels=2, sam_depth=2)
+    plan = Plan(preset="tiny", patch_size=(64, 64), network=config)
+    stored = json.loads(plan.save(tmp_path / "plans.json").read_text())["network"]
+    assert set(stored) == {f.name for f in fields(NetworkConfig)}
+    assert Plan.load(tmp_path / "plans.json").network == config
+
+
+def test_a_weights_folder_rebuilds_the_network_it_was_trained_as(tmp_path, one_case):
+    import numpy as np
+    import torch
+
+    from inference.backends import OnnxBackend, TorchBackend
+    from inference.model import LesionProbability, NnSam
+    from inference.network_config import get_config
+    from inference.plans import Plan
+    from inference.weights import load_plan, write_weights
+
+    config = get_config("tiny", base_features=12, max_features=48, n_kernels=2,
+                        cbam_ratio=2, sam_embed_dim=48, sam_out_channels=8)
+    torch.manual_seed(3)
+    model = NnSam(config)
+    model.set_temperature(1.0)
+    folder = write_weights(tmp_path / "w", model, Plan(preset="tiny", patch_size=(64, 64),
+                                                       network=config), onnx_batch=2)
+    plan = load_plan(folder)
+    assert plan.network == config
+    tiles = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = LesionProbability(model.eval())(tiles)
+    torch_out = TorchBackend(folder, plan, "cpu", mode="grouped/fp32")(tiles)
+    np.testing.assert_allclose(torch_out.numpy(), expected.numpy(), atol=1e-6)
+    onnx_out = OnnxBackend(folder, "cpu")(tiles.numpy())
+    np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-4)
+    result = run_cli(one_case, tmp_path / "out", folder, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+
+
+def test_weights_folders_written_before_the_network_was_stored_still_load():
+    from pathlib import Path
+
+    from inference.network_config import get_config
+    from inference.plans import Plan
+
+    shipped = Path(__file__).resolve().parents[2] / "weights" / "plans.json"
+    data = json.loads(shipped.read_text())
+    data.pop("network", None)  # as every plan before it
+    plan = Plan.from_dict(data, "old plans.json")
+    assert plan.network == get_config(data["preset"], patch_size=tuple(data["patch_size"]),
+                                      in_channels=data["context_slices"])
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"n_stages": "five"}, "n_stages must be int"),
+    ({"depth_of_field": 3}, "unknown network field 'depth_of_field'"),
+    ({"patch_size": [40, 40]}, "not divisible"),
+])
+def test_a_bad_network_in_the_plan_is_one_line(one_case, tmp_path, tiny_weights, change, words):
+    def edit(plan):
+        plan["network"].update(change)
+        if "patch_size" in change:
+            plan["patch_size"] = change["patch_size"]
+
+    weights = _resigned(tiny_weights, tmp_path / "w", edit)
+    _one_line_exit_2(run_cli(one_case, tmp_path / "out", weights), "plans.json", words)

@@ -24,6 +24,11 @@ def test_plan_values_are_sane(dataset, planned):
     assert n.clip_low < n.mean < n.clip_high and 10 < n.std < 500
     assert fp["n_cases"] == 5 and fp["lesion_volumes_mm3"]["n"] > 0
     assert fp["median_spacing"] == [2.5, 2.5, 4.0]
+    # the whole network is in the plan: the preset's defaults, the plan's patch and slices
+    from inference.network_config import config_to_dict, get_config
+
+    stored = json.loads(planned.read_text())["network"]
+    assert stored == config_to_dict(get_config("tiny", patch_size=(64, 64), in_channels=3))
 
 
 def test_default_target_spacing_is_coarse(dataset):

@@ -2,6 +2,7 @@
 resumed, DDP with 2 gloo processes, export."""
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -104,6 +105,7 @@ def small_plan(planned, tmp_path_factory):
     """The dataset's plan with 32x32 patches: a tiny network that trains in seconds."""
     plan = Plan.load(planned)
     plan.patch_size = (32, 32)
+    plan.network = dataclasses.replace(plan.network, patch_size=(32, 32))
     plan.batch_size = 2
     return plan.save(tmp_path_factory.mktemp("small") / "plans.json")
 
