@@ -13,6 +13,7 @@ Run ``python -m inference.model`` for the preset table.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import sys
@@ -188,26 +189,38 @@ def sam_image_encoder() -> type:
 
 
 class SamBranch(nn.Module):
-    """SAM's ViT image encoder on the patch resized to its image size."""
+    """SAM's ViT image encoder on the patch resized to its image size.
+
+    ``vit`` is trained with the network from scratch; ``sam_vit_b`` has segment-anything's
+    ViT-B architecture (LayerNorm eps 1e-6, as SAM builds it), for its pretrained weights
+    (``load_sam_checkpoint``), frozen when ``sam_frozen``.
+    """
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
         ImageEncoderViT = sam_image_encoder()
         self.image_size = config.sam_image_size
+        self.centre = config.sam_input == "centre"
+        extra = {"norm_layer": functools.partial(nn.LayerNorm, eps=1e-6)} \
+            if config.sam_kind == "sam_vit_b" else {}
         self.encoder = ImageEncoderViT(
             img_size=config.sam_image_size, patch_size=config.sam_patch_size,
-            in_chans=config.in_channels, embed_dim=config.sam_embed_dim,
+            in_chans=3 if self.centre else config.in_channels, embed_dim=config.sam_embed_dim,
             depth=config.sam_depth, num_heads=config.sam_heads, mlp_ratio=4.0,
             out_chans=config.sam_out_channels, qkv_bias=True,
             use_rel_pos=config.sam_window_size > 0 or bool(config.sam_global_attention),
             window_size=config.sam_window_size,
-            global_attn_indexes=tuple(config.sam_global_attention),
+            global_attn_indexes=tuple(config.sam_global_attention), **extra,
         )
-        # SAM initialises the absolute position embedding to zeros; from scratch a small
-        # random start gives the tokens distinct positions from the first step.
-        nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
+        if config.sam_kind == "vit":
+            # SAM initialises the absolute position embedding to zeros; from scratch a small
+            # random start gives the tokens distinct positions from the first step.
+            nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.centre:  # the centre slice as all three channels
+            middle = x.shape[1] // 2
+            x = x[:, middle:middle + 1].expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False)
@@ -234,6 +247,8 @@ class NnSam(nn.Module):
                   1 if i == 0 else 2, config.dynamic)
             for i in range(config.n_stages))
         self.sam = SamBranch(config) if config.sam else None
+        if config.sam and config.sam_frozen:
+            self.freeze_sam()
         skip_channels = list(feats[:-1])
         if config.sam:
             skip_channels[config.sam_skip_stage] += config.sam_out_channels
@@ -330,10 +345,15 @@ def load_sam_checkpoint(model: NnSam, path: str | Path) -> None:
     if model.sam is None:
         raise ModelConfigError("this network has no SAM branch (sam=False)")
     path = Path(path)
+    import pickle
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise ModelConfigError(f"{path}: cannot read the SAM checkpoint ({error})") from None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()),
+                      type(error).__name__)
+        raise ModelConfigError(f"{path}: cannot read the SAM checkpoint ({reason[:160]})") \
+            from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     prefix = "image_encoder."

@@ -38,6 +38,14 @@ class NetworkConfig:
     sam_window_size: int = 0
     sam_global_attention: tuple[int, ...] = field(default_factory=tuple)
     sam_skip_stage: int = 3
+    # vit: a ViT trained from scratch with the network (the paper's entry, whose challenge
+    # allowed no pretrained model); sam_vit_b: segment-anything's ViT-B image encoder,
+    # pretrained and frozen (nnSAM's idea); the SAM branch is off when ``sam`` is false.
+    sam_kind: str = "vit"
+    sam_frozen: bool = False
+    # which slices the encoder sees: "slices", the 2.5D input's slices as its 3 channels;
+    # "centre", the centre slice repeated 3 times (nnSAM's 2D input to a 3-channel encoder)
+    sam_input: str = "slices"
 
     @property
     def features(self) -> list[int]:
@@ -67,6 +75,35 @@ class NetworkConfig:
             )
         if self.n_kernels < 1:
             raise ModelConfigError(f"n_kernels must be at least 1, got {self.n_kernels}")
+        if self.sam_kind not in SAM_KINDS:
+            raise ModelConfigError(f"sam_kind must be one of {', '.join(SAM_KINDS)}, got "
+                                   f"{self.sam_kind!r}")
+        if self.sam_input not in SAM_INPUTS:
+            raise ModelConfigError(f"sam_input must be one of {', '.join(SAM_INPUTS)}, got "
+                                   f"{self.sam_input!r}")
+
+
+SAM_KINDS = ("vit", "sam_vit_b")
+SAM_INPUTS = ("slices", "centre")
+# What ``--sam KIND`` sets: the encoder's own architecture for a pretrained kind (its
+# checkpoint must fit), frozen, at its image size, fed the centre slice as nnSAM feeds it.
+PRETRAINED = {
+    "sam_vit_b": dict(sam_image_size=1024, sam_patch_size=16, sam_embed_dim=768, sam_depth=12,
+                      sam_heads=12, sam_out_channels=256, sam_window_size=14,
+                      sam_global_attention=(2, 5, 8, 11), sam_frozen=True,
+                      sam_input="centre"),
+}
+
+
+def with_sam(config: NetworkConfig, kind: str) -> NetworkConfig:
+    """``config`` with the SAM branch of ``kind`` (``none``: no SAM branch)."""
+    if kind == "none":
+        return replace(config, sam=False)
+    if kind not in SAM_KINDS:
+        raise ModelConfigError(f"--sam must be one of none, {', '.join(SAM_KINDS)}; got {kind!r}")
+    config = replace(config, sam=True, sam_kind=kind, **PRETRAINED.get(kind, {}))
+    config.validate()
+    return config
 
 
 PRESETS: dict[str, NetworkConfig] = {

@@ -68,6 +68,9 @@ class Plan:
     # was made from; a plan written before the network was stored gets them (with the
     # plan's patch and context slices), so old weights folders still load.
     network: NetworkConfig | None = None
+    # Pretrained SAM encoder weights that training starts from (a frozen SAM kind); the
+    # weights folder holds them afterwards, so the container never reads this file.
+    sam_checkpoint: str | None = None
     version: int = PLAN_VERSION
 
     def __post_init__(self):

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 log = logging.getLogger("training")
 
@@ -35,6 +36,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoothing", action="store_true",
                    help="box-average over the downsampling factor before resampling "
                         "(anti-aliasing: less noise at network resolution)")
+    p.add_argument("--sam", choices=("vit", "sam_vit_b", "none"), default=None,
+                   help="SAM branch: vit (trained from scratch, the preset's; the paper's "
+                        "entry), sam_vit_b (segment-anything's ViT-B, pretrained and frozen: "
+                        "needs --sam-checkpoint) or none")
+    p.add_argument("--sam-checkpoint", type=Path, default=None, metavar="FILE",
+                   help="pretrained SAM weights (a segment-anything checkpoint) for the branch")
     _common(p)
 
     p = sub.add_parser("ceiling", help="best DSC/NSD a perfect network could score under a "
@@ -182,7 +189,8 @@ def main(argv=None) -> int:
             from training.planning import run_plan
 
             run_plan(args.dataset, args.output, args.target_spacing, args.preset,
-                     tuple(args.patch), args.batch_size, progress, args.smoothing)
+                     tuple(args.patch), args.batch_size, progress, args.smoothing, args.sam,
+                     args.sam_checkpoint)
         elif args.stage == "ceiling":
             from training.ceiling import run_ceiling
 

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from inference.model import get_config
+from inference.network_config import ModelConfigError, get_config, with_sam
 from inference.plans import Normalization, Plan, PostProcessing
 from training.dataset import CaseError, DatasetError, list_dataset, read_case
 
@@ -138,13 +138,17 @@ def summarise(cases: list[dict]) -> dict:
 
 
 def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 192),
-              batch_size: int = 4, context_slices: int = 3, smoothing: bool = False) -> Plan:
+              batch_size: int = 4, context_slices: int = 3, smoothing: bool = False,
+              sam: str | None = None, sam_checkpoint=None) -> Plan:
     """The plan from a fingerprint (see the module docstring for each default)."""
     if target_spacing is None:
         sx, sy, sz = fp["median_spacing"]
         inplane = round(2 * (sx + sy) / 2, 2)
         target_spacing = (inplane, inplane, round(max(sz, 3.0), 2))
     config = get_config(preset, patch_size=tuple(patch), in_channels=context_slices)
+    if sam is not None:
+        config = with_sam(config, sam)
+    checkpoint = _checked_sam_checkpoint(config, sam_checkpoint)
     fg = fp.get("foreground")
     if fg is None:
         log.warning("no labelled lesion in the dataset; using the default CT normalisation")
@@ -160,13 +164,30 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
     return Plan(target_spacing=tuple(float(v) for v in target_spacing),
                 patch_size=tuple(config.patch_size), context_slices=context_slices,
                 preset=preset, batch_size=batch_size, normalization=norm,
-                postprocessing=post, smoothing=smoothing, network=config).validate("plan")
+                postprocessing=post, smoothing=smoothing, network=config,
+                sam_checkpoint=checkpoint).validate("plan")
+
+
+def _checked_sam_checkpoint(config, path) -> str | None:
+    """The checkpoint's absolute path once it is shown to fit the network's SAM encoder."""
+    if config.sam_frozen and path is None:
+        raise ModelConfigError(f"--sam {config.sam_kind} is a pretrained, frozen encoder: "
+                               "give its weights with --sam-checkpoint FILE")
+    if path is None:
+        return None
+    if not config.sam:
+        raise ModelConfigError("--sam-checkpoint needs a SAM branch (not --sam none)")
+    from inference.model import NnSam, load_sam_checkpoint
+
+    load_sam_checkpoint(NnSam(config), path)  # one line naming the first misfit
+    return str(Path(path).resolve())
 
 
 def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),
-             batch_size=4, progress=True, smoothing=False) -> Plan:
+             batch_size=4, progress=True, smoothing=False, sam=None, sam_checkpoint=None) -> Plan:
     fp = fingerprint(dataset, progress=progress)
-    plan = make_plan(fp, target_spacing, preset, patch, batch_size, smoothing=smoothing)
+    plan = make_plan(fp, target_spacing, preset, patch, batch_size, smoothing=smoothing,
+                     sam=sam, sam_checkpoint=sam_checkpoint)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fp_path = output.parent / FINGERPRINT

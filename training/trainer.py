@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from inference.model import NnSam
+from inference.model import NnSam, load_sam_checkpoint
 from inference.plans import Plan
 from inference.preprocess import pad_value
 from training.augment import AUGMENTATIONS, augment
@@ -241,7 +241,10 @@ def train(args) -> dict:
     # on CUDA and on the CPU (75 against 82 ms per demo step); both compute the same function,
     # with different rounding.
     network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # a frozen SAM encoder has no gradient: it stays out of the optimiser (and of DDP's
+    # all-reduce, which skips parameters that need no gradient)
+    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad],
+                                 lr=args.lr, weight_decay=args.weight_decay)
     eta_min = args.lr * 1e-2
     # the time limit is a budget the schedule anneals over, or the last checkpoint of a
     # time-limited run would come from a learning rate still far from its minimum
@@ -267,6 +270,11 @@ def train(args) -> dict:
     else:
         if args.resume and main:
             log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
+        if plan.sam_checkpoint and not args.init_weights:
+            load_sam_checkpoint(network, plan.sam_checkpoint)
+            if main:
+                log.info("SAM encoder from %s%s", plan.sam_checkpoint,
+                         " (frozen)" if plan.network.sam_frozen else "")
         if args.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
             if not Path(args.init_weights).is_file():
                 raise TrainingError(f"--init-weights {args.init_weights}: no such checkpoint")
