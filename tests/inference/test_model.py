@@ -194,8 +194,22 @@ def test_preset_table_cli():
                          capture_output=True, check=True).stdout
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert set(rows) == set(PRESETS)
-    assert rows["paper"][-1] == "3x192x192"
-    assert 70 < float(rows["paper"][1]) < 78
+    paper = rows["paper"]
+    assert paper[-1] == "3x192x192" and paper[1] == "vit"
+    assert 70 < float(paper[2]) < 78 and float(paper[3]) == 0  # trainable, frozen (M)
+    assert 0 < float(paper[5]) < float(paper[4])  # the SAM branch's share of the GFLOPs
+    assert float(paper[7]) > 0  # CPU ms per tile
+
+
+def test_the_table_counts_a_frozen_encoder_apart():
+    from inference.model import preset_table
+
+    rows = {(r["preset"], r["sam"]): r for r in preset_table(
+        ("preset", "sam_vit_b", "none"), timing=False, presets=("tiny",))}
+    vit_b = rows[("tiny", "sam_vit_b")]
+    assert 89 < vit_b["frozen_m"] < 90.5 and vit_b["trainable_m"] < 1  # ViT-B: 89.7M
+    assert vit_b["sam_gflops"] > 900  # 1024 px
+    assert rows[("tiny", "none")]["sam_gflops"] == 0
 
 
 def test_sam_branch_loads_without_torchvision_and_stays_compatible():
