@@ -62,7 +62,7 @@ for name in nnunet light-os50 light-os50-smooth none-os50-smooth; do
             --checkpoint last $q &&
         python3 -m inference -i "$WORK/test/imagesTr" -o "$WORK/pred_$name" \
             --weights "$WORK/weights_$name" --device "$DEVICE" $q &&
-        python3 -m benchmark.evaluate --pred "$WORK/pred_$name" --gt "$WORK/test/labelsTr" \
+        python3 -m evaluation --pred "$WORK/pred_$name" --gt "$WORK/test/labelsTr" \
             --csv "$WORK/scores_$name.csv" >/dev/null
     ) >"$WORK/score_$name.log" 2>&1 &
 done

@@ -15,7 +15,7 @@
 #   long: 70 epochs of as many steps as MINUTES allow beside the base run.
 # Each is exported (last checkpoint), its post-processing chosen on the tuning phantoms
 # (both tile steps, a 27-triple grid around what the CPU runs chose, not the demo's 144),
-# and the held-out phantoms predicted by the container's CLI and scored (benchmark.evaluate,
+# and the held-out phantoms predicted by the container's CLI and scored (evaluation,
 # benchmark.lesions). RESULTS_DIR gets training.jsonl (one line per run), log.txt and
 # training.tar.gz (metrics, logs, threshold tables, scores).
 # DEVICE (default cuda) and the sizes below shrink it for a dry run on the CPU.
@@ -121,7 +121,7 @@ for name in base long; do
             --volumes 200 400 800 --confidences 0.7 0.8 0.9 $q >"$WORK/thresholds_$name.txt" &&
         python3 -m inference -i "$WORK/test/imagesTr" -o "$WORK/pred_$name" \
             --weights "$WORK/weights_$name" --device "$DEVICE" $q &&
-        python3 -m benchmark.evaluate --pred "$WORK/pred_$name" --gt "$WORK/test/labelsTr" \
+        python3 -m evaluation --pred "$WORK/pred_$name" --gt "$WORK/test/labelsTr" \
             --csv "$WORK/scores_$name.csv" >/dev/null &&
         python3 -m benchmark.lesions --pred "$WORK/pred_$name" --gt "$WORK/test/labelsTr" \
             --dataset-json "$WORK/test/dataset.json" >"$WORK/lesions_$name.txt"

@@ -11,7 +11,7 @@ components touching no lesion are counted as false positives per case. When the
 dataset's ``dataset.json`` describes each case's lesions (``python -m training.phantoms``
 writes host organ, contrast and centre), lesions are also grouped by host and contrast.
 
-Exit codes as ``benchmark.evaluate``: 0 when every ground truth was read, 1 when one
+Exit codes as ``evaluation``: 0 when every ground truth was read, 1 when one
 could not be, 2 when a folder is missing or holds no ground truth.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from benchmark.evaluate import (SUFFIX, _read, add_folder_arguments, cases_to_score,
+from evaluation.evaluate import (SUFFIX, _read, add_folder_arguments, cases_to_score,
                                 grid_difference)
 
 log = logging.getLogger("benchmark.lesions")

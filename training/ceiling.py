@@ -29,7 +29,7 @@ import logging
 
 import numpy as np
 
-from benchmark.metrics import score_case
+from evaluation.metrics import score_case
 from inference.pipeline import mask_on_input
 from inference.plans import Plan
 from inference.preprocess import _resize_in_slabs, network_shape, preprocess, smoothing_widths

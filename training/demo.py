@@ -3,7 +3,7 @@
 phantoms (train, seed 0) -> plan -> preprocess -> train (time-boxed) -> export into the
 weights folder -> thresholds on tuning phantoms (seed 3000) that training never saw ->
 held-out phantoms (seed 1000) predicted by ``predict.sh``'s own CLI (``python -m
-inference``) and scored with ``python -m benchmark.evaluate``. Each stage is the public
+inference``) and scored with ``python -m evaluation``. Each stage is the public
 CLI in a subprocess, so the log shows the exact commands; a stage whose output exists is
 skipped (rerun to resume; delete WORK_DIR to start over). The summary lands in
 WORK_DIR/summary.json.
@@ -120,7 +120,7 @@ def run_demo(args) -> dict:
     _run(["-m", "inference", "-i", str(work / "test" / "imagesTr"), "-o", str(predictions),
           "--weights", str(weights), "--device", "cpu", *quiet], logs)
     scores = work / "test_scores.csv"
-    _run(["-m", "benchmark.evaluate", "--pred", str(predictions), "--gt",
+    _run(["-m", "evaluation", "--pred", str(predictions), "--gt",
           str(work / "test" / "labelsTr"), "--csv", str(scores)], logs)
     timings["test_predict_evaluate_s"] = time.perf_counter() - t
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},

@@ -6,7 +6,7 @@ window: the container's code), keeping the lesion probability at network resolut
 Then every (decision threshold, min component volume, min component confidence) triple
 is applied with the container's own ``inference.pipeline.mask_on_input`` (components at
 network resolution, restored onto the input grid) and scored against the label with the
-FLARE rules (``benchmark.metrics.score_case``; lesion-free cases score 1/1 only when
+FLARE rules (``evaluation.metrics.score_case``; lesion-free cases score 1/1 only when
 empty). The triple with the best mean of DSC and NSD is written into the weights'
 plans.json (and SHA256SUMS); ties go to the middle of the tied triples.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.metrics import score_case
+from evaluation.metrics import score_case
 from inference.pipeline import mask_on_input
 from inference.plans import PostProcessing
 from inference.preprocess import Prepared

@@ -3,9 +3,9 @@
 The cached validation volumes go through the container's own steps
 (``inference.pipeline``: its network forward, tiling, blending and body mask, then the
 plan's threshold and component filter at network spacing) and are scored with the
-official FLARE rules (``benchmark.metrics``) against the cached label. It skips reading,
+official FLARE rules (``evaluation.metrics``) against the cached label. It skips reading,
 resampling and restoring, so it is fast; the final numbers on the raw files come from
-``python -m training thresholds`` and ``python -m benchmark.evaluate``.
+``python -m training thresholds`` and ``python -m evaluation``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.metrics import score_case
+from evaluation.metrics import score_case
 from inference.pipeline import decide, module_predictor, network_probability
 from inference.plans import Plan
 

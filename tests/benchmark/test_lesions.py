@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from benchmark.lesions import match_lesions, summarise
-from tests.benchmark.test_evaluate import REPO_ROOT, write
+from tests.evaluation.test_evaluate import REPO_ROOT, write
 
 SPACING_ZYX = (2.0, 1.0, 1.0)  # 2 mm3 per voxel
 

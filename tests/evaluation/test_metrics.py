@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from benchmark.metrics import dice, score_case, surface_dice
+from evaluation.metrics import dice, score_case, surface_dice
 
 # z, y, x in mm: a z step is 3 mm (beyond the 2 mm tolerance), a y step 1 mm, an x step 0.5 mm.
 SPACING = (3.0, 1.0, 0.5)
@@ -167,7 +167,7 @@ def test_result_does_not_depend_on_where_the_masks_sit():
 
 
 def test_non_planar_surfel_area_matches_the_official_table():
-    from benchmark.metrics import _surfel_area_table
+    from evaluation.metrics import _surfel_area_table
 
     # Three foreground corners in an L on one face of a 2x2x2 block: (1,1,1), (1,1,0),
     # (1,0,1) as (z,y,x) offsets, bits 7, 6, 5 -> code 224. Its surface is a non-planar

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.benchmark.test_metrics import NSD_ONE_Z_STEP, box
+from tests.evaluation.test_metrics import NSD_ONE_Z_STEP, box
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # SimpleITK order x, y, z: the same grid as test_metrics' SPACING (z, y, x) = (3, 1, 0.5).
@@ -24,7 +24,7 @@ def write(path: Path, array: np.ndarray, spacing=SPACING_XYZ, origin=(0.0, 0.0, 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark.evaluate", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "evaluation", *map(str, args)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 

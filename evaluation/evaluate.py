@@ -1,9 +1,9 @@
 """Score a folder of predicted lesion masks the way the FLARE 2024 Task 1 organisers do.
 
-    python -m benchmark.evaluate --pred DIR --gt DIR [--csv FILE] [--tolerance 2.0]
+    python -m evaluation --pred DIR --gt DIR [--csv FILE] [--tolerance 2.0]
 
 Cases are the ground-truth files ``<case>.nii.gz``; each is scored against
-``<pred>/<case>.nii.gz`` with DSC and NSD (see ``benchmark.metrics``) using the ground
+``<pred>/<case>.nii.gz`` with DSC and NSD (see ``evaluation.metrics``) using the ground
 truth's spacing. A missing or unreadable prediction, or one on a different voxel grid
 (the organisers compare arrays and never resample), scores 0/0. One row per case goes
 to stdout as ``<case> DSC 0.xxxx NSD 0.xxxx``, then ``mean DSC 0.xxxx NSD 0.xxxx``.
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from benchmark.metrics import score_case
+from evaluation.metrics import score_case
 
-log = logging.getLogger("benchmark.evaluate")
+log = logging.getLogger("evaluation")
 
 SUFFIX = ".nii.gz"
 # Headers store spacing/origin as float32; anything past this is a different grid.
@@ -169,7 +169,7 @@ def _non_negative_mm(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmark.evaluate",
+        prog="python -m evaluation",
         description="DSC and NSD of predicted lesion masks, FLARE 2024 Task 1 rules.")
     add_folder_arguments(parser)
     parser.add_argument("--csv", type=Path, help="also write case,dsc,nsd rows to this file")
