@@ -174,9 +174,8 @@ class TorchBackend:
             if memory_fraction is not None:
                 torch.cuda.set_per_process_memory_fraction(memory_fraction, self.device)
             # No autotuning: it times every convolution's algorithms again in each fresh
-            # process (one per case in the challenge). Measured on an H100: the first batch
-            # of a new shape took 1.7 s against 0.2 s for later ones, and the network stage
-            # of a 55-slice case 2.25 s against 3.2 s for 554 slices.
+            # process, one per case in the challenge, which cost more than it saved
+            # (benchmark/results/gpu_h100_2026-11-27.md).
             torch.backends.cudnn.benchmark = False
         path = weights_io.verified(folder, weights_io.TORCH_MODEL)
         state = torch.load(path, map_location="cpu", weights_only=True)

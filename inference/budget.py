@@ -10,9 +10,8 @@ from __future__ import annotations
 
 # Whole-GPU memory the organisers allow is 4 GB; the CUDA context and cuDNN take about
 # 650 MiB of it before any tensor exists, so the allocator gets the rest less a margin.
-# Measured on an H100 (554 slices, fast preset): a 3500 MB budget peaked at 2311 MB
-# whole-GPU, 1200 MB at 1663 MB, in the same wall-clock (7.77 s and 7.71 s), so the
-# default is the small one: the organisers score memory too.
+# The default is a small budget because the organisers score memory too, and a larger one
+# bought no speed (benchmark/results/gpu_h100_2026-11-27.md).
 DEFAULT_GPU_MEMORY_MB = 1200
 CUDA_CONTEXT_MB = 700
 

@@ -24,24 +24,18 @@ log = logging.getLogger(__name__)
 
 # Realistic 512x512 slices with a modest number of them; spacing drawn per case
 # (0.6-1.0 mm in plane, 1-5 mm slices) so the model meets the variety it will see.
-# A short run on a small network: 80 distinct phantoms (the network generalised poorly
-# from 40), 64-px patches in batches of 16 (twice the samples per step at the cost of 96-px
-# batches of 8), anti-aliased downsampling (plan --smoothing) so low-contrast lesions stand
-# out of the noise at 2x2x3 mm, CT-sized augmentation, half the samples on a lesion, and
-# the Dice averaged per sample (--dice sample): pooled over the batch, a small lesion
-# beside a large one got almost no gradient and the network found no kidney lesion or
-# lymph node. Thresholds are chosen on 32 tuning phantoms of their own (seed 3000), not on
-# the 8 validation cases: with those 8 the per-sample run chose confidence 0.8 and called
-# lesions in 10 of 12 lesion-free held-out cases. Two torch threads: 1.5x the steps of one on an
-# otherwise idle 2-core machine (70 epochs fit the 30 minutes). The last checkpoint is
-# exported, as nnU-Net does: with 8 validation cases "best" chases noise (the fourth run's
-# best epoch scored lesion DSC 0.14 on the held-out phantoms, its last 0.16). fp32 and the
-# per-branch dynamic-convolution form, as the shipped weights were trained: bf16 and the
-# grouped form give 1.2x the steps, but the two runs with them scored no better on 64
-# held-out phantoms (benchmark/results/demo_training.md). The coarsest output's loss weight
-# is 0 (--deep-supervision nnunet): on the same data it found more lesions on both held-out
-# sets than halving weights (demo_training.md). 64 held-out phantoms because over
-# the 12 lesion cases of 16 the mean lesion DSC had a standard error of about 0.09.
+# A short run on a small network. Each choice below was measured against the one before
+# it on held-out phantoms (benchmark/results/demo_training.md): 80 distinct phantoms;
+# 64-px patches in batches of 16 (more samples per step than larger patches);
+# anti-aliased downsampling (plan --smoothing), so low-contrast lesions stand out of the
+# noise at 2x2x3 mm; CT-sized augmentation; half the samples on a lesion; the Dice
+# averaged per sample (--dice sample), so a small lesion beside a large one still gets a
+# gradient; the coarsest output at loss weight 0 (--deep-supervision nnunet). Thresholds
+# are chosen on 32 tuning phantoms of their own (seed 3000): 8 validation cases are too
+# few to choose a confidence cut. Two torch threads (an idle 2-core machine). The last
+# checkpoint is exported, as nnU-Net does: with 8 validation cases "best" chases noise.
+# fp32 and the per-branch dynamic-convolution form, as the shipped weights were trained.
+# 64 held-out phantoms, because over fewer the mean lesion DSC is too uncertain to compare.
 FULL = dict(train_cases=80, test_cases=64, tune_cases=32, shape=(512, 512, 48), preset="tiny",
             patch=(64, 64), batch=16, spacing=(2.0, 2.0, 3.0), epochs=70, iterations=250,
             anneal=5, val_every=5, val_fraction=0.1, lr=2e-3, smoothing=True,

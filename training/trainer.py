@@ -188,9 +188,8 @@ def init_lesion_prior(network, prior: float) -> None:
     """Start every output head at p(lesion) = ``prior`` (the focal-loss prior initialisation).
 
     Lesions are a tiny fraction of the voxels; from the default p = 0.5 the full-resolution
-    head spends thousands of steps just learning that. Measured on a fixed batch of phantom
-    patches (tiny preset, Adam 1e-3): full-resolution Dice + CE after 150 steps 1.28 from
-    the default start, 0.18 from prior 0.01.
+    head spends thousands of steps just learning that
+    (benchmark/results/demo_training.md has the loss from either start).
     """
     if not 0 < prior < 1:
         return
@@ -204,8 +203,8 @@ def train(args) -> dict:
     """Run (or resume) training as described by the parsed CLI ``args``; returns the history."""
     device, rank, world = _setup_distributed(args.device)
     if device.type == "cpu" and getattr(args, "threads", 0):
-        # measured on a shared 2-core machine (tiny preset, batch 2): one thread 0.05 s per
-        # step, two threads 0.3-9 s (threads spin-waiting on each other)
+        # more threads than idle cores spin-wait on each other: on a shared small machine
+        # one thread is faster than two (docs/training.md)
         torch.set_num_threads(args.threads)
     main = rank == 0
     run_dir = Path(args.output)
