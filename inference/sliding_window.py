@@ -184,17 +184,7 @@ def sliding_window(
     half = context // 2
     tiles = plan_tiles(shape, patch, step, body)
     log.debug("%d tiles of %dx%d for a %s volume", len(tiles), py, px, tuple(shape))
-    # The normaliser depends only on which tiles a slice has: one map per distinct layout
-    # (one in all without body skipping), made once, instead of a weight sum per tile.
-    layouts: dict[tuple, int] = {}
-    slice_layout = np.zeros(shape[0], np.int64)
-    by_slice: dict[int, list[tuple[int, int]]] = {}
-    for t in tiles:
-        by_slice.setdefault(t.z, []).append((t.y, t.x))
-    for z, starts in by_slice.items():
-        slice_layout[z] = layouts.setdefault(tuple(starts), len(layouts))
-    planes = ops.as_array(np.stack([weight_sum_plane(starts, shape[1:], weight_np)
-                                    for starts in layouts])) if layouts else None
+    slice_layout, planes = _normalisers(tiles, shape, weight_np, ops)
     out = np.zeros(shape, np.float32) if to_host else ops.zeros(shape)
     # On the device the slab accumulates in ``out`` itself; only a host result needs a
     # device-side slab to blend in first.
@@ -230,6 +220,24 @@ def sliding_window(
         if separate:
             out[z0:z1] = acc.cpu().numpy()
     return out[:, :ny, :nx]
+
+
+def _normalisers(tiles, shape, weight_np, ops):
+    """(layout id per slice, one weight-sum plane per layout) for the tiles.
+
+    The normaliser depends only on which tiles a slice has: one map per distinct layout
+    (one in all without body skipping), made once, instead of a weight sum per tile.
+    """
+    layouts: dict[tuple, int] = {}
+    slice_layout = np.zeros(shape[0], np.int64)
+    by_slice: dict[int, list[tuple[int, int]]] = {}
+    for t in tiles:
+        by_slice.setdefault(t.z, []).append((t.y, t.x))
+    for z, starts in by_slice.items():
+        slice_layout[z] = layouts.setdefault(tuple(starts), len(layouts))
+    planes = ops.as_array(np.stack([weight_sum_plane(starts, shape[1:], weight_np)
+                                    for starts in layouts])) if layouts else None
+    return slice_layout, planes
 
 
 def _tile_input(volume, t: Tile, patch, half: int):

@@ -24,7 +24,13 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m training",
                                    description="Train the nnSAM lesion network for the container.")
     sub = root.add_subparsers(dest="stage", required=True)
+    for add in (_add_plan, _add_ceiling, _add_preprocess, _add_train, _add_export,
+                _add_thresholds, _add_pseudolabel, _add_demo):
+        add(sub)
+    return root
 
+
+def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="dataset fingerprint -> plans.json")
     p.add_argument("-d", "--dataset", required=True, metavar="DATASET")
     p.add_argument("-o", "--output", required=True, metavar="PLANS.json")
@@ -44,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pretrained SAM weights (a segment-anything checkpoint) for the branch")
     _common(p)
 
+
+def _add_ceiling(sub) -> None:
     p = sub.add_parser("ceiling", help="best DSC/NSD a perfect network could score under a "
                                        "plan (its spacing and minimum lesion volume)")
     p.add_argument("-d", "--dataset", required=True, metavar="DATASET")
@@ -60,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="per-case scores")
     _common(p)
 
+
+def _add_preprocess(sub) -> None:
     p = sub.add_parser("preprocess", help="dataset -> memory-mappable training cache")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("-p", "--plans", required=True)
@@ -67,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     _common(p)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train on the cache (torchrun for many GPUs)")
     p.add_argument("-p", "--plans", required=True)
     p.add_argument("-c", "--cache", required=True)
@@ -127,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
                         "training stops after the epoch that passes it (0: none)")
     _common(p)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="run -> weights folder (+ torch/onnx parity check)")
     p.add_argument("-r", "--run", required=True, metavar="RUN_DIR")
     p.add_argument("-o", "--output", required=True, metavar="WEIGHTS_DIR")
@@ -134,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-batch", type=int, default=8)
     _common(p)
 
+
+def _add_thresholds(sub) -> None:
     p = sub.add_parser("thresholds", help="grid-search post-processing on validation cases")
     p.add_argument("-w", "--weights", required=True, metavar="WEIGHTS_DIR")
     p.add_argument("-d", "--dataset", required=True)
@@ -152,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the table, keep the plan")
     _common(p)
 
+
+def _add_pseudolabel(sub) -> None:
     p = sub.add_parser("pseudolabel", help="confident pseudo-labels for unlabelled scans")
     p.add_argument("-w", "--weights", required=True)
     p.add_argument("-i", "--input", required=True, metavar="IMAGES_DIR")
@@ -161,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     _common(p)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="phantoms -> plan -> preprocess -> train -> export -> "
                                     "thresholds -> evaluation, on this machine")
     p.add_argument("-o", "--output", default="demo/training", metavar="WORK_DIR")
@@ -168,7 +188,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     _common(p)
-    return root
 
 
 def main(argv=None) -> int:

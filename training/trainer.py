@@ -29,6 +29,7 @@ import os
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -200,195 +201,249 @@ def init_lesion_prior(network, prior: float) -> None:
 
 
 def train(args) -> dict:
-    """Run (or resume) training as described by the parsed CLI ``args``; returns the history."""
+    """Run (or resume) training as described by the parsed CLI ``args``; returns the history.
+
+    The named steps: ``_set_up`` (devices, split, sampler, network, optimiser),
+    ``_restore`` (resume, pretrained SAM encoder, fine-tuning), ``train_step`` (one
+    batch), ``_end_epoch`` (schedule, validation, checkpoints).
+    """
+    run = _set_up(args)
+    start_epoch, best, history, spent_s = _restore(run)
+    if run.main:
+        log.info("training %s (%.2fM parameters) on %s x%d (%s): %d train / %d validation "
+                 "cases, batch %d, patch %s, epochs %d x %d iterations", run.plan.preset,
+                 sum(p.numel() for p in run.network.parameters()) / 1e6, run.device,
+                 run.world, str(run.precision or "fp32").replace("torch.", ""),
+                 len(run.train_ids), len(run.val_ids), run.batch_size,
+                 "x".join(map(str, run.plan.patch_size)), args.epochs, args.iterations)
+    run.started = time.perf_counter() - spent_s  # training time counts across --resume
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.perf_counter()
+        losses, foreground = _run_epoch(run, epoch)
+        row, out_of_time = _end_epoch(run, epoch, losses, foreground, t0)
+        history.append(row)
+        score = row.get("val_score", -math.inf) if run.val_set else -row["train_loss"]
+        improved = score > best
+        best = max(best, score)
+        if run.main:
+            _save_epoch(run, epoch, row, history, best, score, improved)
+        if run.world > 1:  # the others wait here while rank 0 writes
+            dist.barrier()
+        if out_of_time:
+            if run.main:
+                log.warning("time limit of %.1f min reached after epoch %d; stopping",
+                            args.time_limit_min, epoch)
+            break
+    digest = sum(float(p.double().abs().sum()) for p in run.network.state_dict().values()
+                 if p.is_floating_point())
+    log.info("rank %d of %d done: weights digest %.10e, best score %.6f", run.rank, run.world,
+             digest, best)
+    if run.world > 1:
+        dist.destroy_process_group()
+    if run.main:
+        logging.getLogger().removeHandler(run.log_handler)
+        run.log_handler.close()
+    return {"history": history, "train": run.train_ids, "validation": run.val_ids}
+
+
+class _Run(SimpleNamespace):
+    """What one training run holds: arguments, plan, devices, data, network, optimiser."""
+
+
+def _set_up(args) -> _Run:
     device, rank, world = _setup_distributed(args.device)
     if device.type == "cpu" and getattr(args, "threads", 0):
         # more threads than idle cores spin-wait on each other: on a shared small machine
         # one thread is faster than two (docs/training.md)
         torch.set_num_threads(args.threads)
-    main = rank == 0
-    run_dir = Path(args.output)
-    plan = Plan.load(args.plans)
-    batch_size = args.batch_size or plan.batch_size
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = add_log_file(run_dir / "train.log")
+    run = _Run(args=args, device=device, rank=rank, world=world, main=rank == 0,
+               run_dir=Path(args.output), plan=Plan.load(args.plans), log_handler=None)
+    run.batch_size = args.batch_size or run.plan.batch_size
+    if run.main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        run.log_handler = add_log_file(run.run_dir / "train.log")
     torch.manual_seed(args.seed + rank)
-    cases = cached_cases(args.cache)
-    split_path = run_dir / SPLIT
+    run.train_ids, run.val_ids = _split(run)
+    run.train_set = load_cases(args.cache, run.train_ids)
+    run.val_set = load_cases(args.cache, run.val_ids)
+    # The sampler cuts windows sized for these ranges, so augmentation never pulls in padding.
+    run.aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
+    run.sampler = PatchSampler(run.train_set, run.plan.patch_size, run.plan.context_slices,
+                               oversample=args.oversample, pad_value=pad_value(run.plan),
+                               lesion_sampling=getattr(args, "lesion_sampling", "voxel"),
+                               augmentation=run.aug)
+    network = build_network(run.plan)
+    init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
+    run.network = network.to(device)
+    # The grouped form (the batch folded into the convolution's groups) is the faster one
+    # on CUDA and on the CPU; both compute the same function, with different rounding.
+    run.network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
+    # a frozen SAM encoder has no gradient: it stays out of the optimiser (and of DDP's
+    # all-reduce, which skips parameters that need no gradient)
+    run.optimizer = torch.optim.Adam([p for p in run.network.parameters() if p.requires_grad],
+                                     lr=args.lr, weight_decay=args.weight_decay)
+    # the time limit is a budget the schedule anneals over, or the last checkpoint of a
+    # time-limited run would come from a learning rate still far from its minimum
+    run.budget_s = 60 * (args.time_limit_min or 0)
+    run.precision = amp_dtype(device, getattr(args, "amp", "auto"))
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.precision == torch.float16)
+    run.loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin,
+                                      getattr(args, "dice", "batch"),
+                                      getattr(args, "deep_supervision", "halving"))
+    run.anneal_steps = args.anneal_epochs * args.iterations
+    run.generator = torch.Generator(device=device)
+    return run
+
+
+def _split(run: _Run) -> tuple[list[str], list[str]]:
+    """(train, validation) case ids: the run's own on --resume, else a new split, saved."""
+    args, split_path = run.args, run.run_dir / SPLIT
     if args.resume and split_path.is_file():
         split = json.loads(split_path.read_text())
         train_ids, val_ids = split["train"], split["validation"]
     else:
-        train_ids, val_ids = split_cases(cases, args.val_fraction, args.val_cases, args.seed)
-    if main:
-        plan.save(run_dir / "plans.json")
+        train_ids, val_ids = split_cases(cached_cases(args.cache), args.val_fraction,
+                                         args.val_cases, args.seed)
+    if run.main:
+        run.plan.save(run.run_dir / "plans.json")
         split_path.write_text(json.dumps({"train": train_ids, "validation": val_ids,
                                           "cache": str(args.cache)}, indent=1) + "\n")
-    train_set, val_set = load_cases(args.cache, train_ids), load_cases(args.cache, val_ids)
-    # The sampler cuts windows sized for these ranges, so augmentation never pulls in padding.
-    aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
-    sampler = PatchSampler(train_set, plan.patch_size, plan.context_slices,
-                           oversample=args.oversample, pad_value=pad_value(plan),
-                           lesion_sampling=getattr(args, "lesion_sampling", "voxel"),
-                           augmentation=aug)
+    return train_ids, val_ids
 
-    network = build_network(plan)
-    init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
-    network = network.to(device)
-    # The grouped form (the batch folded into the convolution's groups) is the faster one
-    # on CUDA and on the CPU (75 against 82 ms per demo step); both compute the same function,
-    # with different rounding.
-    network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
-    # a frozen SAM encoder has no gradient: it stays out of the optimiser (and of DDP's
-    # all-reduce, which skips parameters that need no gradient)
-    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad],
-                                 lr=args.lr, weight_decay=args.weight_decay)
-    eta_min = args.lr * 1e-2
-    # the time limit is a budget the schedule anneals over, or the last checkpoint of a
-    # time-limited run would come from a learning rate still far from its minimum
-    budget_s = 60 * (args.time_limit_min or 0)
-    precision = amp_dtype(device, getattr(args, "amp", "auto"))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+
+def _restore(run: _Run) -> tuple[int, float, list, float]:
+    """(first epoch, best score, history, seconds trained): from --resume, else a fresh
+    start with the plan's pretrained SAM encoder or --init-weights; wraps DDP last."""
+    args, network, run_dir = run.args, run.network, run.run_dir
     start_epoch, best, history, spent_s = 0, -math.inf, [], 0.0
     if args.resume and (run_dir / LAST).is_file():
         state = load_checkpoint(run_dir / LAST)
         network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])  # with the next epoch's learning rate
-        scaler.load_state_dict(state["scaler"])
+        run.optimizer.load_state_dict(state["optimizer"])  # with the next epoch's rate
+        run.scaler.load_state_dict(state["scaler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         spent_s = state.get("elapsed_s", 0.0)
-        if main:
+        if run.main:
             log.info("resuming %s after epoch %d (%.1f min of training)", run_dir / LAST,
                      state["epoch"], spent_s / 60)
-        if budget_s and spent_s >= budget_s and start_epoch < args.epochs:
-            if main:
+        if run.budget_s and spent_s >= run.budget_s and start_epoch < args.epochs:
+            if run.main:
                 log.info("--resume: the time limit of %.1f min was reached before; nothing "
                          "left to train", args.time_limit_min)
             start_epoch = args.epochs
     else:
-        if args.resume and main:
+        if args.resume and run.main:
             log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
-        if plan.sam_checkpoint and not args.init_weights:
-            load_sam_checkpoint(network, plan.sam_checkpoint)
-            if main:
-                log.info("SAM encoder from %s%s", plan.sam_checkpoint,
-                         " (frozen)" if plan.network.sam_frozen else "")
+        if run.plan.sam_checkpoint and not args.init_weights:
+            load_sam_checkpoint(network, run.plan.sam_checkpoint)
+            if run.main:
+                log.info("SAM encoder from %s%s", run.plan.sam_checkpoint,
+                         " (frozen)" if run.plan.network.sam_frozen else "")
         if args.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
             if not Path(args.init_weights).is_file():
                 raise TrainingError(f"--init-weights {args.init_weights}: no such checkpoint")
             state = load_checkpoint(args.init_weights)
             network.load_state_dict(state["model"] if "model" in state else state)
-            if main:
+            if run.main:
                 log.info("initialised from %s", args.init_weights)
-    model = network
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin,
-                                 getattr(args, "dice", "batch"),
-                                 getattr(args, "deep_supervision", "halving"))
-    anneal_steps = args.anneal_epochs * args.iterations
-    generator = torch.Generator(device=device)
-    if main:
-        n_params = sum(p.numel() for p in network.parameters())
-        log.info("training %s (%.2fM parameters) on %s x%d (%s): %d train / %d validation "
-                 "cases, batch %d, patch %s, epochs %d x %d iterations", plan.preset,
-                 n_params / 1e6, device, world, str(precision or "fp32").replace("torch.", ""),
-                 len(train_ids), len(val_ids), batch_size, "x".join(map(str, plan.patch_size)),
-                 args.epochs, args.iterations)
-    started = time.perf_counter() - spent_s  # training time counts across --resume
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.perf_counter()
-        generator.manual_seed(args.seed * 100003 + rank * 1009 + epoch)
-        stream = BatchStream(sampler, batch_size, args.iterations, args.seed, rank, epoch)
-        loader = torch.utils.data.DataLoader(stream, batch_size=None,
-                                             num_workers=args.num_workers,
-                                             persistent_workers=False)
-        model.train()
-        losses, foreground = [], []
-        bar = tqdm(loader, total=args.iterations, desc=f"epoch {epoch}", unit="it",
-                   disable=not main or args.disable_progress_bar, leave=False)
-        for i, batch in enumerate(bar):
-            network.set_temperature(temperature(epoch * args.iterations + i, anneal_steps))
-            image = batch["image"].to(device, non_blocking=True)
-            label = batch["label"].to(device, non_blocking=True)
-            if aug is not None:
-                image, label = augment(image, label, plan.patch_size, aug, pad_value(plan),
-                                       generator)
-            else:
-                image, label = _centre(image, label, plan.patch_size)
-            with torch.autocast(device.type, precision or torch.float32,
-                                enabled=precision is not None):
-                outputs = model(image)
-            loss = loss_fn([o.float() for o in outputs], label, batch["partial"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            apply_gradients(network, optimizer, scaler)
-            # kept on the device: a .item() per step would wait for the GPU every step
-            losses.append(loss.detach())
-            foreground.append(batch["foreground"].float().mean().item())
-            if i % 25 == 24:
-                bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
-        sums = [float(torch.stack(losses).double().sum()), float(np.sum(foreground))]
-        log.debug("rank %d epoch %d: loss %.9g, foreground fraction %.9g over %d steps", rank,
-                  epoch, sums[0] / len(losses), sums[1] / len(losses), len(losses))
-        train_loss, foreground_fraction = _mean_over_ranks(sums, len(losses), device, world)
-        elapsed_s = time.perf_counter() - started
-        if world > 1:  # rank 0's clock for all: the same learning rate, the same last epoch
-            clock = torch.tensor([elapsed_s], dtype=torch.float64, device=device)
-            dist.broadcast(clock, 0)
-            elapsed_s = float(clock.item())
-        out_of_time = bool(budget_s) and elapsed_s > budget_s
-        lr = cosine_lr(progress(epoch + 1, args.epochs, elapsed_s, budget_s), args.lr, eta_min)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
-               "temperature": float(network.dynamic_convs()[0].temperature)
-               if network.dynamic_convs() else 1.0,
-               "foreground_fraction": foreground_fraction}
-        last = epoch + 1 == args.epochs or out_of_time
-        if val_set and ((epoch + 1) % args.val_every == 0 or last):
-            metrics = validate_shared(network, val_set, plan, device, rank, world)
-            row.update({k: v for k, v in metrics.items() if k != "cases"})
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        score = row.get("val_score", -math.inf)
-        score = -row["train_loss"] if not val_set else score
-        improved = score > best
-        best = max(best, score)
-        if main:
-            state = {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
-                     "history": history, "elapsed_s": time.perf_counter() - started,
-                     "plan": plan.to_dict(), "preset": plan.preset}
-            if improved:
-                _atomic_save({"model": network.state_dict(), "epoch": epoch, "score": score,
-                              "plan": plan.to_dict()}, run_dir / BEST)
-            _atomic_save(state, run_dir / LAST)
-            write_csv(run_dir / "metrics.csv", history)
-            plot_curves(run_dir / "curves.png", history)
-            log.info("epoch %d: loss %.4f%s, T %.2f, lr %.2e, %.1f s%s", epoch, row["train_loss"],
-                     "".join(f", {k[4:]} {row[k]:.3f}" for k in ("val_dsc", "val_nsd")
-                             if k in row), row["temperature"], row["lr"], row["seconds"],
-                     " (best)" if improved else "")
-        if world > 1:  # the others wait here while rank 0 writes
-            dist.barrier()
-        if out_of_time:
-            if main:
-                log.warning("time limit of %.1f min reached after epoch %d; stopping",
-                            args.time_limit_min, epoch)
-            break
-    digest = sum(float(p.double().abs().sum()) for p in network.state_dict().values()
-                 if p.is_floating_point())
-    log.info("rank %d of %d done: weights digest %.10e, best score %.6f", rank, world, digest,
-             best)
-    if world > 1:
-        dist.destroy_process_group()
-    if main:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-    return {"history": history, "train": train_ids, "validation": val_ids}
+    run.model = network
+    if run.world > 1:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    return start_epoch, best, history, spent_s
+
+
+def _run_epoch(run: _Run, epoch: int) -> tuple[list, list]:
+    """One epoch of ``train_step``s: the losses (on the device) and foreground fractions."""
+    args = run.args
+    run.generator.manual_seed(args.seed * 100003 + run.rank * 1009 + epoch)
+    stream = BatchStream(run.sampler, run.batch_size, args.iterations, args.seed, run.rank,
+                         epoch)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.num_workers,
+                                         persistent_workers=False)
+    run.model.train()
+    losses, foreground = [], []
+    bar = tqdm(loader, total=args.iterations, desc=f"epoch {epoch}", unit="it",
+               disable=not run.main or args.disable_progress_bar, leave=False)
+    for i, batch in enumerate(bar):
+        run.network.set_temperature(temperature(epoch * args.iterations + i, run.anneal_steps))
+        # kept on the device: a .item() per step would wait for the GPU every step
+        losses.append(train_step(run, batch))
+        foreground.append(batch["foreground"].float().mean().item())
+        if i % 25 == 24:
+            bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
+    return losses, foreground
+
+
+def train_step(run: _Run, batch: dict) -> torch.Tensor:
+    """One optimiser step on one batch: augment, forward, loss, backward, step."""
+    device, plan = run.device, run.plan
+    image = batch["image"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    if run.aug is not None:
+        image, label = augment(image, label, plan.patch_size, run.aug, pad_value(plan),
+                               run.generator)
+    else:
+        image, label = _centre(image, label, plan.patch_size)
+    with torch.autocast(device.type, run.precision or torch.float32,
+                        enabled=run.precision is not None):
+        outputs = run.model(image)
+    loss = run.loss_fn([o.float() for o in outputs], label, batch["partial"].to(device))
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    apply_gradients(run.network, run.optimizer, run.scaler)
+    return loss.detach()
+
+
+def _end_epoch(run: _Run, epoch: int, losses: list, foreground: list,
+               t0: float) -> tuple[dict, bool]:
+    """The epoch's row (loss and foreground over all ranks, schedule, validation) and
+    whether the time limit is reached; sets the next epoch's learning rate."""
+    args, device = run.args, run.device
+    sums = [float(torch.stack(losses).double().sum()), float(np.sum(foreground))]
+    log.debug("rank %d epoch %d: loss %.9g, foreground fraction %.9g over %d steps", run.rank,
+              epoch, sums[0] / len(losses), sums[1] / len(losses), len(losses))
+    train_loss, foreground_fraction = _mean_over_ranks(sums, len(losses), device, run.world)
+    elapsed_s = time.perf_counter() - run.started
+    if run.world > 1:  # rank 0's clock for all: the same learning rate, the same last epoch
+        clock = torch.tensor([elapsed_s], dtype=torch.float64, device=device)
+        dist.broadcast(clock, 0)
+        elapsed_s = float(clock.item())
+    out_of_time = bool(run.budget_s) and elapsed_s > run.budget_s
+    lr = cosine_lr(progress(epoch + 1, args.epochs, elapsed_s, run.budget_s), args.lr,
+                   args.lr * 1e-2)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    convs = run.network.dynamic_convs()
+    row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
+           "temperature": float(convs[0].temperature) if convs else 1.0,
+           "foreground_fraction": foreground_fraction}
+    last = epoch + 1 == args.epochs or out_of_time
+    if run.val_set and ((epoch + 1) % args.val_every == 0 or last):
+        metrics = validate_shared(run.network, run.val_set, run.plan, device, run.rank,
+                                  run.world)
+        row.update({k: v for k, v in metrics.items() if k != "cases"})
+    row["seconds"] = time.perf_counter() - t0
+    return row, out_of_time
+
+
+def _save_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, score: float,
+                improved: bool) -> None:
+    """Rank 0: checkpoints (atomic), metrics.csv, curves.png and the epoch's log line."""
+    network, plan, run_dir = run.network, run.plan, run.run_dir
+    state = {"model": network.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scaler": run.scaler.state_dict(), "epoch": epoch, "best": best,
+             "history": history, "elapsed_s": time.perf_counter() - run.started,
+             "plan": plan.to_dict(), "preset": plan.preset}
+    if improved:
+        _atomic_save({"model": network.state_dict(), "epoch": epoch, "score": score,
+                      "plan": plan.to_dict()}, run_dir / BEST)
+    _atomic_save(state, run_dir / LAST)
+    write_csv(run_dir / "metrics.csv", history)
+    plot_curves(run_dir / "curves.png", history)
+    log.info("epoch %d: loss %.4f%s, T %.2f, lr %.2e, %.1f s%s", epoch, row["train_loss"],
+             "".join(f", {k[4:]} {row[k]:.3f}" for k in ("val_dsc", "val_nsd") if k in row),
+             row["temperature"], row["lr"], row["seconds"], " (best)" if improved else "")
 
 
 def _mean_over_ranks(sums: list[float], steps: int, device, world: int) -> list[float]:
