@@ -148,22 +148,7 @@ def main(argv=None) -> int:
                        device=args.device, gpu_index=args.gpu_index, timeout=args.timeout,
                        extra=shlex.split(args.predict_args))
 
-    if not args.no_warmup:
-        log.info("warm-up run (not recorded): %s", cases[0].name)
-        run_case(cases[0], sampler=sampler(), **run_options)
-    runs, all_times = [], {}
-    for path in cases:
-        tries = []
-        for _ in range(args.repeats):
-            run = run_case(path, sampler=sampler(), **run_options)
-            tries.append(run)
-            log.info("%s: %.2f s, max %.0f MB, area %.0f MB*s (%s)%s", run.case, run.time_s,
-                     run.trace.peak, run.trace.area, run.trace.kind,
-                     f" FAILED: {run.error}" if run.error or not run.output_ok else "")
-        # A failed run is reported as such; otherwise the fastest of the repeats.
-        failed = [r for r in tries if r.exit_code != 0 or not r.output_ok]
-        runs.append(failed[0] if failed else min(tries, key=lambda r: r.time_s))
-        all_times[runs[-1].case] = [r.time_s for r in tries]
+    runs, all_times = _run_cases(cases, sampler, run_options, args.repeats, args.no_warmup)
 
     weights = weights_note(args.weights) if not args.docker else None
     backend = next((r.backend for r in runs if r.backend), None)
@@ -193,6 +178,27 @@ def main(argv=None) -> int:
                   ", ".join(r.case for r in failed))
         return 1
     return 0
+
+
+def _run_cases(cases, sampler, run_options: dict, repeats: int, no_warmup: bool):
+    """(one run per case: the fastest of ``repeats``, or a failed one; case -> all times)."""
+    if not no_warmup:
+        log.info("warm-up run (not recorded): %s", cases[0].name)
+        run_case(cases[0], sampler=sampler(), **run_options)
+    runs, all_times = [], {}
+    for path in cases:
+        tries = []
+        for _ in range(repeats):
+            run = run_case(path, sampler=sampler(), **run_options)
+            tries.append(run)
+            log.info("%s: %.2f s, max %.0f MB, area %.0f MB*s (%s)%s", run.case, run.time_s,
+                     run.trace.peak, run.trace.area, run.trace.kind,
+                     f" FAILED: {run.error}" if run.error or not run.output_ok else "")
+        # A failed run is reported as such; otherwise the fastest of the repeats.
+        failed = [r for r in tries if r.exit_code != 0 or not r.output_ok]
+        runs.append(failed[0] if failed else min(tries, key=lambda r: r.time_s))
+        all_times[runs[-1].case] = [r.time_s for r in tries]
+    return runs, all_times
 
 
 def _columns(gpu: bool) -> list[tuple]:

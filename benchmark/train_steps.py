@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from inference.plans import Plan
-from training.augment import AUGMENTATIONS, augment, window_for
+from training import trainer
+from training.augment import AUGMENTATIONS, window_for
 from training.loss import DeepSupervisionLoss
-from training.trainer import amp_dtype, apply_gradients, build_network
+from training.trainer import amp_dtype
 
 
 def synthetic_batch(batch: int, context: int, window, generator: torch.Generator):
@@ -42,57 +43,32 @@ def _sync(device) -> None:
 
 
 def measure(device, form: str, amp: str, args) -> dict:
-    plan = Plan(preset=args.preset, patch_size=tuple(args.patch))
-    network = build_network(plan).to(device)
-    network.set_dynamic_form(form)
-    network.set_temperature(1.0)
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
-    precision = amp_dtype(device, amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-    loss_fn = DeepSupervisionLoss("ignore", 8, args.dice)
-    config = AUGMENTATIONS["light"]
-    generator = torch.Generator(device=device)
-    generator.manual_seed(0)
-    cpu_batch = synthetic_batch(args.batch, plan.context_slices, window_for(plan.patch_size, config),
-                                torch.Generator().manual_seed(0))
+    """The trainer's own step (``training.trainer.train_step``), piece by piece and whole."""
+    run = _run(device, form, amp, args)
+    plan = run.plan
+    image, label, partial = synthetic_batch(args.batch, plan.context_slices,
+                                            window_for(plan.patch_size, run.aug),
+                                            torch.Generator().manual_seed(0))
+    batch = {"image": image, "label": label, "partial": partial}
     state = {}
 
     def to_device():
-        image, label, partial = cpu_batch
-        state["raw"] = (image.to(device, non_blocking=True), label.to(device, non_blocking=True),
-                        partial.to(device))
+        state["image"], state["label"], state["partial"] = trainer.step_inputs(run, batch)
 
     def augmented():
-        image, label, partial = state["raw"]
-        state["image"], state["label"] = augment(image, label, plan.patch_size, config, 0.0,
-                                                 generator)
-        state["partial"] = partial
+        state["image"], state["label"] = trainer.step_augment(run, state["image"],
+                                                              state["label"])
 
-    def forward():
-        with torch.autocast(device.type, precision or torch.float32,
-                            enabled=precision is not None):
-            state["outputs"] = network(state["image"])
-
-    def loss():
-        state["loss"] = loss_fn([o.float() for o in state["outputs"]], state["label"],
-                                state["partial"])
-
-    def backward():
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(state["loss"]).backward()
-
-    def step():
-        apply_gradients(network, optimizer, scaler)
-
-    functions = {"to_device": to_device, "augment": augmented, "forward": forward,
-                 "loss": loss, "backward": backward, "optimiser": step}
-
-    def whole():
-        for fn in functions.values():
-            fn()
-
+    functions = {
+        "to_device": to_device, "augment": augmented,
+        "forward": lambda: state.update(outputs=trainer.step_forward(run, state["image"])),
+        "loss": lambda: state.update(loss=trainer.step_loss(run, state["outputs"],
+                                                            state["label"], state["partial"])),
+        "backward": lambda: trainer.step_backward(run, state["loss"]),
+        "optimiser": lambda: trainer.step_optimise(run),
+    }
     for _ in range(args.warmup):
-        whole()
+        trainer.train_step(run, batch)
     pieces = dict.fromkeys(functions, 0.0)
     for _ in range(args.steps):  # one step piece by piece, the device drained around each
         for name, fn in functions.items():
@@ -104,27 +80,49 @@ def measure(device, form: str, amp: str, args) -> dict:
     _sync(device)
     t = time.perf_counter()
     for _ in range(args.steps):
-        whole()
+        trainer.train_step(run, batch)
     _sync(device)
     free = (time.perf_counter() - t) / args.steps * 1e3
-    result = {"form": form, "amp": str(precision or "fp32").replace("torch.", ""),
+    result = {"form": form, "amp": str(run.precision or "fp32").replace("torch.", ""),
               "pieces_ms": {k: round(v, 2) for k, v in pieces.items()},
               "sum_of_pieces_ms": round(sum(pieces.values()), 2),
               "free_running_step_ms": round(free, 2), "steps_per_s": round(1e3 / free, 1)}
     if device.type == "cuda" and args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                whole()
-            torch.cuda.synchronize(device)
-        prof.key_averages()  # builds the events
-        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-        result["kernels_per_step"] = round(len(kernels) / 5)
-        result["device_ms_per_step"] = round(sum(e.device_time for e in kernels) / 5e3, 2)
-        result["top_device_ops"] = prof.key_averages().table(
-            sort_by="self_cuda_time_total", row_limit=15)
+        result.update(_kernels(device, lambda: trainer.train_step(run, batch)))
     return result
+
+
+def _run(device, form: str, amp: str, args) -> "trainer.Run":
+    """A trainer Run for a synthetic batch: the demo's loss, light augmentation, Adam."""
+    plan = Plan(preset=args.preset, patch_size=tuple(args.patch))
+    network = trainer.build_network(plan).to(device)
+    network.set_dynamic_form(form)
+    network.set_temperature(1.0)
+    precision = amp_dtype(device, amp)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0)
+    return trainer.Run(device=device, plan=plan, network=network, model=network,
+                       optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
+                       precision=precision,
+                       scaler=torch.amp.GradScaler("cuda", enabled=precision == torch.float16),
+                       loss_fn=DeepSupervisionLoss("ignore", 8, args.dice),
+                       aug=AUGMENTATIONS["light"], generator=generator)
+
+
+def _kernels(device, step) -> dict:
+    """CUDA kernels per step, their device time and the top operations (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize(device)
+    prof.key_averages()  # builds the events
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    return {"kernels_per_step": round(len(kernels) / 5),
+            "device_ms_per_step": round(sum(e.device_time for e in kernels) / 5e3, 2),
+            "top_device_ops": prof.key_averages().table(sort_by="self_cuda_time_total",
+                                                         row_limit=15)}
 
 
 def main(argv=None) -> int:

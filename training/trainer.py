@@ -246,17 +246,17 @@ def train(args) -> dict:
     return {"history": history, "train": run.train_ids, "validation": run.val_ids}
 
 
-class _Run(SimpleNamespace):
+class Run(SimpleNamespace):
     """What one training run holds: arguments, plan, devices, data, network, optimiser."""
 
 
-def _set_up(args) -> _Run:
+def _set_up(args) -> Run:
     device, rank, world = _setup_distributed(args.device)
     if device.type == "cpu" and getattr(args, "threads", 0):
         # more threads than idle cores spin-wait on each other: on a shared small machine
         # one thread is faster than two (docs/training.md)
         torch.set_num_threads(args.threads)
-    run = _Run(args=args, device=device, rank=rank, world=world, main=rank == 0,
+    run = Run(args=args, device=device, rank=rank, world=world, main=rank == 0,
                run_dir=Path(args.output), plan=Plan.load(args.plans), log_handler=None)
     run.batch_size = args.batch_size or run.plan.batch_size
     if run.main:
@@ -295,7 +295,7 @@ def _set_up(args) -> _Run:
     return run
 
 
-def _split(run: _Run) -> tuple[list[str], list[str]]:
+def _split(run: Run) -> tuple[list[str], list[str]]:
     """(train, validation) case ids: the run's own on --resume, else a new split, saved."""
     args, split_path = run.args, run.run_dir / SPLIT
     if args.resume and split_path.is_file():
@@ -311,7 +311,7 @@ def _split(run: _Run) -> tuple[list[str], list[str]]:
     return train_ids, val_ids
 
 
-def _restore(run: _Run) -> tuple[int, float, list, float]:
+def _restore(run: Run) -> tuple[int, float, list, float]:
     """(first epoch, best score, history, seconds trained): from --resume, else a fresh
     start with the plan's pretrained SAM encoder or --init-weights; wraps DDP last."""
     args, network, run_dir = run.args, run.network, run.run_dir
@@ -353,7 +353,7 @@ def _restore(run: _Run) -> tuple[int, float, list, float]:
     return start_epoch, best, history, spent_s
 
 
-def _run_epoch(run: _Run, epoch: int) -> tuple[list, list]:
+def _run_epoch(run: Run, epoch: int) -> tuple[list, list]:
     """One epoch of ``train_step``s: the losses (on the device) and foreground fractions."""
     args = run.args
     run.generator.manual_seed(args.seed * 100003 + run.rank * 1009 + epoch)
@@ -375,27 +375,51 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[list, list]:
     return losses, foreground
 
 
-def train_step(run: _Run, batch: dict) -> torch.Tensor:
-    """One optimiser step on one batch: augment, forward, loss, backward, step."""
-    device, plan = run.device, run.plan
-    image = batch["image"].to(device, non_blocking=True)
-    label = batch["label"].to(device, non_blocking=True)
-    if run.aug is not None:
-        image, label = augment(image, label, plan.patch_size, run.aug, pad_value(plan),
-                               run.generator)
-    else:
-        image, label = _centre(image, label, plan.patch_size)
-    with torch.autocast(device.type, run.precision or torch.float32,
-                        enabled=run.precision is not None):
-        outputs = run.model(image)
-    loss = run.loss_fn([o.float() for o in outputs], label, batch["partial"].to(device))
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    apply_gradients(run.network, run.optimizer, run.scaler)
+def train_step(run: Run, batch: dict) -> torch.Tensor:
+    """One optimiser step on one batch, in the named pieces ``benchmark.train_steps`` times."""
+    image, label, partial = step_inputs(run, batch)
+    image, label = step_augment(run, image, label)
+    loss = step_loss(run, step_forward(run, image), label, partial)
+    step_backward(run, loss)
+    step_optimise(run)
     return loss.detach()
 
 
-def _end_epoch(run: _Run, epoch: int, losses: list, foreground: list,
+def step_inputs(run: Run, batch: dict):
+    """The batch's image, label and partial flags on the device."""
+    device = run.device
+    return (batch["image"].to(device, non_blocking=True),
+            batch["label"].to(device, non_blocking=True), batch["partial"].to(device))
+
+
+def step_augment(run: Run, image, label):
+    """Augmented (or centre-cropped) patches of the sampled windows."""
+    plan = run.plan
+    if run.aug is not None:
+        return augment(image, label, plan.patch_size, run.aug, pad_value(plan), run.generator)
+    return _centre(image, label, plan.patch_size)
+
+
+def step_forward(run: Run, image):
+    with torch.autocast(run.device.type, run.precision or torch.float32,
+                        enabled=run.precision is not None):
+        return run.model(image)
+
+
+def step_loss(run: Run, outputs, label, partial):
+    return run.loss_fn([o.float() for o in outputs], label, partial)
+
+
+def step_backward(run: Run, loss) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+
+
+def step_optimise(run: Run) -> None:
+    apply_gradients(run.network, run.optimizer, run.scaler)
+
+
+def _end_epoch(run: Run, epoch: int, losses: list, foreground: list,
                t0: float) -> tuple[dict, bool]:
     """The epoch's row (loss and foreground over all ranks, schedule, validation) and
     whether the time limit is reached; sets the next epoch's learning rate."""
@@ -427,7 +451,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list, foreground: list,
     return row, out_of_time
 
 
-def _save_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, score: float,
+def _save_epoch(run: Run, epoch: int, row: dict, history: list, best: float, score: float,
                 improved: bool) -> None:
     """Rank 0: checkpoints (atomic), metrics.csv, curves.png and the epoch's log line."""
     network, plan, run_dir = run.network, run.plan, run.run_dir
