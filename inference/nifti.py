@@ -203,7 +203,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
         array = sitk.GetArrayFromImage(image)
     elif itk_voxels:  # converting from the view skips an intermediate copy in the file's type
         array = sitk.GetArrayViewFromImage(image).astype(np.float32)
-    return CtVolume(_check_air(_check_intensities(array, path), header, path), grid, path)
+    return CtVolume(_check_intensities(array, path, header), grid, path)
 
 
 def _checked_spacing(spacing, direction, raw: bytes, path: Path) -> tuple[tuple, tuple]:
@@ -478,8 +478,9 @@ def _parse_header(head: bytes, path: Path, compressed: bool, warn: bool = True) 
     (vox_offset,) = struct.unpack_from(endian + "f", head, 108)
     if 3 < dim[0] <= 7 and min(dim[1:4]) >= 1 and min(dim[4 : dim[0] + 1]) == 0:
         # a zero extent past the third axis means no such axis to ITK (and to nibabel)
-        (log.warning if warn else log.debug)("%s: dim=%s has a zero extent past the third axis; read as one 3D "
-                    "volume, as ITK reads it", path, list(dim))
+        say = log.warning if warn else log.debug
+        say("%s: dim=%s has a zero extent past the third axis; read as one 3D volume, as ITK "
+            "reads it", path, list(dim))
         dim = (3, *dim[1:4], 1, 1, 1, 1)
     if not 1 <= dim[0] <= 7 or min(dim[1 : dim[0] + 1]) < 1 or not vox_offset >= _HEADER_SIZE:
         raise InputError(f"{path}: corrupt NIfTI header (dim={list(dim)}, "
@@ -529,7 +530,9 @@ def _inflate_members(path: Path, expected: int) -> tuple[int, int]:
     return total, inflater.end
 
 
-def _check_intensities(array: np.ndarray, path: Path) -> np.ndarray:
+def _check_intensities(array: np.ndarray, path: Path, header: _Header | None = None) -> np.ndarray:
+    """NaN/inf repaired, normalised data refused, then (with the header) ``_check_air``,
+    all from one pass for the lowest and highest value."""
     low, high = float(array.min()), float(array.max())  # NaN and inf propagate here
     if not (np.isfinite(low) and np.isfinite(high)):
         bad = ~np.isfinite(array)
@@ -543,10 +546,11 @@ def _check_intensities(array: np.ndarray, path: Path) -> np.ndarray:
     if low >= -0.5 and high <= 1.5:
         raise InputError(f"{path}: intensities span [{low:g}, {high:g}], which looks normalised "
                          "or like a mask: pass the CT in Hounsfield units (air -1000, water 0)")
-    return array
+    return array if header is None else _check_air(array, low, high, header, path)
 
 
-def _check_air(array: np.ndarray, header: _Header, path: Path) -> np.ndarray:
+def _check_air(array: np.ndarray, low: float, high: float, header: _Header,
+               path: Path) -> np.ndarray:
     """A CT of a body always shows air (outside it, in the lungs, in the bowel). A volume
     with no voxel under -500 HU is not in Hounsfield units, or was cropped to tissue.
 
@@ -556,12 +560,10 @@ def _check_air(array: np.ndarray, header: _Header, path: Path) -> np.ndarray:
     and tissue above 1024. 8-bit voxels without scaling cannot hold a CT: refused.
     Anything else without air is read as it is, with a warning.
     """
-    low = float(array.min())
     if low < AIR_HU:
         return array
     slope, inter = struct.unpack_from(_endian(header.raw) + "2f", header.raw, 112)
     scaled = slope != 0 and np.isfinite(slope) and (slope, inter) != (1, 0)
-    high = float(array.max())
     if header.datatype == _UINT8 and not scaled:
         raise InputError(f"{path}: 8-bit voxels ({low:g} to {high:g}) without scaling cannot "
                          "be a CT in Hounsfield units (a display image?): export the CT "

@@ -120,7 +120,8 @@ class Plan:
             number(f"normalization.{name}", getattr(norm, name), -5000, 5000)
         number("normalization.std", norm.std, 0, 5000, low_open=True)
         if norm.clip_high <= norm.clip_low:
-            fail(f"normalization needs clip_high > clip_low, got {norm.clip_high} <= {norm.clip_low}")
+            fail(f"normalization needs clip_high > clip_low, got {norm.clip_high} <= "
+                 f"{norm.clip_low}")
         post = self.postprocessing
         number("postprocessing.threshold", post.threshold, 0, 1, low_open=True)
         if post.threshold == 1:
