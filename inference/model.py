@@ -3,9 +3,11 @@
 A 2.5D model: three neighbouring CT slices are the three input channels, two classes
 come out (background, lesion). The encoder is nnU-Net-style (two conv -> InstanceNorm ->
 LeakyReLU per stage, stride-2 downsampling, features doubling up to a cap) with dynamic
-convolutions (Chen et al., CVPR 2020). A SAM ``ImageEncoderViT`` sees the same patch
-resized to its image size; its embedding is resized to the stride-8 skip and
-concatenated there (as nnSAM does). CBAM (Woo et al., ECCV 2018) gates every skip.
+convolutions (Chen et al., CVPR 2020). A SAM image encoder (``inference.sam_encoders``:
+a ViT trained with the network, or MobileSAM's TinyViT or SAM's ViT-B, pretrained and
+frozen) sees the same patch resized to its image size; its embedding is resized to the
+stride-8 skip and concatenated there (as nnSAM does). CBAM (Woo et al., ECCV 2018) gates
+every skip.
 
 Run ``python -m inference.model`` for the preset table.
 """
@@ -13,12 +15,8 @@ Run ``python -m inference.model`` for the preset table.
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.util
 import math
 import sys
-import types
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +24,7 @@ from torch import nn
 
 from inference.network_config import (PRESETS, ModelConfigError, NetworkConfig,  # noqa: F401
                                       get_config)
+from inference.sam_encoders import SamBranch
 
 DYNAMIC_FORMS = ("grouped", "branches")
 
@@ -154,82 +153,6 @@ class CBAM(nn.Module):
         return y * spatial  # (x * channel) * spatial, as written out: the same rounding
 
 
-def sam_image_encoder() -> type:
-    """segment_anything's ``ImageEncoderViT`` class, without importing torchvision.
-
-    ``import segment_anything`` runs the package's ``__init__``, which imports its
-    predictor and mask generator and through them torchvision: 0.5-3 s of start-up on
-    every case the container runs, for code inference never calls. The encoder's own
-    module needs only torch, so it is loaded with its two packages standing in as bare
-    namespaces; they are then dropped, so a later full ``import segment_anything``
-    runs normally and finds this same module (and class) in ``sys.modules``.
-    """
-    name = "segment_anything.modeling.image_encoder"
-    if name not in sys.modules:
-        spec = importlib.util.find_spec("segment_anything")
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelConfigError("the SAM branch needs the segment-anything package "
-                                   "(pip install segment-anything)")
-        root = list(spec.submodule_search_locations)
-        stand_ins = {"segment_anything": root,
-                     "segment_anything.modeling": [str(Path(root[0]) / "modeling")]}
-        added = []
-        for package, path in stand_ins.items():
-            if package not in sys.modules:
-                module = types.ModuleType(package)
-                module.__path__ = path
-                sys.modules[package] = module
-                added.append(package)
-        try:
-            importlib.import_module(name)
-        finally:
-            for package in added:
-                del sys.modules[package]
-    return sys.modules[name].ImageEncoderViT
-
-
-class SamBranch(nn.Module):
-    """SAM's ViT image encoder on the patch resized to its image size.
-
-    ``vit`` is trained with the network from scratch; ``sam_vit_b`` has segment-anything's
-    ViT-B architecture (LayerNorm eps 1e-6, as SAM builds it), for its pretrained weights
-    (``load_sam_checkpoint``), frozen when ``sam_frozen``.
-    """
-
-    def __init__(self, config: NetworkConfig):
-        super().__init__()
-        ImageEncoderViT = sam_image_encoder()
-        self.image_size = config.sam_image_size
-        self.centre = config.sam_input == "centre"
-        extra = {"norm_layer": functools.partial(nn.LayerNorm, eps=1e-6)} \
-            if config.sam_kind == "sam_vit_b" else {}
-        self.encoder = ImageEncoderViT(
-            img_size=config.sam_image_size, patch_size=config.sam_patch_size,
-            in_chans=3 if self.centre else config.in_channels, embed_dim=config.sam_embed_dim,
-            depth=config.sam_depth, num_heads=config.sam_heads, mlp_ratio=4.0,
-            out_chans=config.sam_out_channels, qkv_bias=True,
-            use_rel_pos=config.sam_window_size > 0 or bool(config.sam_global_attention),
-            window_size=config.sam_window_size,
-            global_attn_indexes=tuple(config.sam_global_attention), **extra,
-        )
-        if config.sam_kind == "vit":
-            # SAM initialises the absolute position embedding to zeros; from scratch a small
-            # random start gives the tokens distinct positions from the first step.
-            nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.centre:  # the centre slice as all three channels
-            middle = x.shape[1] // 2
-            x = x[:, middle:middle + 1].expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False)
-        embedding = self.encoder(x)
-        if tuple(embedding.shape[-2:]) != tuple(size):
-            embedding = F.interpolate(embedding, size=size, mode="bilinear", align_corners=False)
-        return embedding
-
-
 class NnSam(nn.Module):
     """nnSAM with dynamic-convolution encoder and CBAM skips.
 
@@ -247,6 +170,7 @@ class NnSam(nn.Module):
                   1 if i == 0 else 2, config.dynamic)
             for i in range(config.n_stages))
         self.sam = SamBranch(config) if config.sam else None
+        self.register_load_state_dict_post_hook(NnSam._refresh_mode)
         if config.sam and config.sam_frozen:
             self.freeze_sam()
         skip_channels = list(feats[:-1])
@@ -280,6 +204,25 @@ class NnSam(nn.Module):
         if self.sam is not None:
             for p in self.sam.parameters():
                 p.requires_grad_(not frozen)
+            self.train(self.training)
+
+    def sam_frozen(self) -> bool:
+        return self.sam is not None and not any(p.requires_grad for p in self.sam.parameters())
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``, but a frozen SAM encoder always runs as in eval mode:
+        its batch norms (TinyViT's) keep their running statistics and their pretrained
+        behaviour, and its cached attention biases are recomputed from the weights."""
+        super().train(mode)
+        if mode and self.sam_frozen():
+            self.sam.train(False)
+        return self
+
+    @staticmethod
+    def _refresh_mode(module, _incompatible) -> None:
+        # TinyViT caches its attention biases when put in eval mode: loaded weights must
+        # reach that cache
+        module.train(module.training)
 
     def check_input(self, x: torch.Tensor) -> None:
         c = self.config
@@ -334,54 +277,6 @@ class LesionProbability(nn.Module):
 def build_model(preset: str = "fast", **overrides) -> NnSam:
     """A freshly initialised network for ``preset`` (see PRESETS)."""
     return NnSam(get_config(preset, **overrides))
-
-
-def load_sam_checkpoint(model: NnSam, path: str | Path) -> None:
-    """Load SAM image-encoder weights from a segment-anything checkpoint into ``model``.
-
-    Position embeddings are resized to this preset's token grid; any other shape
-    difference is a ModelConfigError naming the file and the tensor.
-    """
-    if model.sam is None:
-        raise ModelConfigError("this network has no SAM branch (sam=False)")
-    path = Path(path)
-    import pickle
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()),
-                      type(error).__name__)
-        raise ModelConfigError(f"{path}: cannot read the SAM checkpoint ({reason[:160]})") \
-            from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    prefix = "image_encoder."
-    encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not encoder_state:
-        raise ModelConfigError(f"{path}: no 'image_encoder.*' tensors; not a SAM checkpoint")
-    target = model.sam.encoder.state_dict()
-    for key, value in list(encoder_state.items()):
-        if key not in target:
-            raise ModelConfigError(f"{path}: unexpected tensor {key} for this preset's SAM encoder")
-        want = target[key].shape
-        if value.shape == want:
-            continue
-        if key == "pos_embed" and value.ndim == 4 and value.shape[-1] == want[-1]:
-            encoder_state[key] = F.interpolate(
-                value.permute(0, 3, 1, 2), size=tuple(want[1:3]), mode="bicubic",
-                align_corners=False).permute(0, 2, 3, 1)
-        elif ".rel_pos_" in key and value.ndim == 2 and value.shape[1] == want[1]:
-            encoder_state[key] = F.interpolate(
-                value.T[None], size=want[0], mode="linear", align_corners=False)[0].T
-        else:
-            raise ModelConfigError(
-                f"{path}: {key} has shape {tuple(value.shape)} but this preset needs "
-                f"{tuple(want)}; choose a preset whose SAM encoder matches the checkpoint")
-    missing = sorted(set(target) - set(encoder_state))
-    if missing:
-        raise ModelConfigError(f"{path}: missing SAM encoder tensors, e.g. {missing[0]}")
-    model.sam.encoder.load_state_dict(encoder_state)
 
 
 def tile_activation_bytes(config: NetworkConfig, bytes_per_value: int = 2) -> int:
@@ -476,18 +371,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.model",
                                      description="Print the network presets.")
     parser.add_argument("--sam-kinds", action="store_true",
-                        help="also each preset with every SAM kind (sam_vit_b: slow on a CPU)")
+                        help="also each preset with every SAM kind (the pretrained ones are "
+                             "slow on a CPU)")
     args = parser.parse_args(argv)
-    kinds = ("preset", "sam_vit_b", "none") if args.sam_kinds else ("preset",)
+    kinds = ("preset", "mobile_sam", "sam_vit_b", "none") if args.sam_kinds else ("preset",)
     # flop_counter counts a multiply-accumulate as two FLOPs; papers that count with
     # thop or ptflops (as the paper's 15.6 G seems to) report multiply-accumulates.
     print(f"{'preset':<8} {'sam':<10} {'trainable (M)':>13} {'frozen (M)':>10} "
-          f"{'GFLOPs/patch':>12} {'of it SAM':>9} {'GMACs/patch':>11} {'CPU ms/tile':>11} "
-          f"{'patch':>11}")
+          f"{'GFLOPs/patch':>12} {'of it SAM':>9} {'without SAM':>11} {'GMACs/patch':>11} "
+          f"{'CPU ms/tile':>11} {'patch':>11}")
     for row in preset_table(kinds):
         print(f"{row['preset']:<8} {row['sam']:<10} {row['trainable_m']:>13.2f} "
               f"{row['frozen_m']:>10.2f} {row['gflops']:>12.2f} {row['sam_gflops']:>9.2f} "
-              f"{row['gflops'] / 2:>11.2f} {row['ms_per_tile']:>11.1f} {row['patch']:>11}")
+              f"{row['gflops'] - row['sam_gflops']:>11.2f} {row['gflops'] / 2:>11.2f} "
+              f"{row['ms_per_tile']:>11.1f} {row['patch']:>11}")
     return 0
 
 

@@ -39,13 +39,21 @@ class NetworkConfig:
     sam_global_attention: tuple[int, ...] = field(default_factory=tuple)
     sam_skip_stage: int = 3
     # vit: a ViT trained from scratch with the network (the paper's entry, whose challenge
-    # allowed no pretrained model); sam_vit_b: segment-anything's ViT-B image encoder,
-    # pretrained and frozen (nnSAM's idea); the SAM branch is off when ``sam`` is false.
+    # allowed no pretrained model); mobile_sam: MobileSAM's TinyViT image encoder, pretrained
+    # and frozen (nnSAM's own choice); sam_vit_b: segment-anything's ViT-B image encoder,
+    # pretrained and frozen. The SAM branch is off when ``sam`` is false.
     sam_kind: str = "vit"
     sam_frozen: bool = False
     # which slices the encoder sees: "slices", the 2.5D input's slices as its 3 channels;
     # "centre", the centre slice repeated 3 times (nnSAM's 2D input to a 3-channel encoder)
     sam_input: str = "slices"
+    # how the tile is resized to sam_image_size and the embedding back to the skip's size
+    sam_resize: str = "bilinear"
+    # "none": the encoder sees the network's input, z-scored HU (nnSAM); "sam": the CT window
+    # sam_window (in those z-scored units) mapped onto 0..255 and normalised with SAM's pixel
+    # mean and std, the way a pretrained encoder saw its training images
+    sam_normalization: str = "none"
+    sam_window: tuple[float, float] = (-3.0, 3.0)
 
     @property
     def features(self) -> list[int]:
@@ -78,16 +86,38 @@ class NetworkConfig:
         if self.sam_kind not in SAM_KINDS:
             raise ModelConfigError(f"sam_kind must be one of {', '.join(SAM_KINDS)}, got "
                                    f"{self.sam_kind!r}")
-        if self.sam_input not in SAM_INPUTS:
-            raise ModelConfigError(f"sam_input must be one of {', '.join(SAM_INPUTS)}, got "
-                                   f"{self.sam_input!r}")
+        for name, allowed in (("sam_input", SAM_INPUTS), ("sam_resize", SAM_RESIZES),
+                              ("sam_normalization", SAM_NORMALIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ModelConfigError(f"{name} must be one of {', '.join(allowed)}, got "
+                                       f"{getattr(self, name)!r}")
+        low, high = self.sam_window
+        if not low < high:
+            raise ModelConfigError(f"sam_window {tuple(self.sam_window)} must be (low, high) "
+                                   "with low < high")
+        if self.sam and self.sam_input == "slices" and self.in_channels != 3 and (
+                self.sam_kind != "vit" or self.sam_normalization == "sam"):
+            raise ModelConfigError(
+                f"sam_input 'slices' gives the encoder {self.in_channels} channels, but "
+                f"{'a pretrained encoder' if self.sam_kind != 'vit' else 'SAM normalization'} "
+                "takes 3: use sam_input 'centre' or 3 context slices")
+        if self.sam and self.sam_kind == "mobile_sam" and (
+                self.sam_image_size, self.sam_out_channels) != (1024, 256):
+            raise ModelConfigError("mobile_sam's TinyViT takes 1024-px images and gives a "
+                                   "256-channel embedding; sam_image_size and sam_out_channels "
+                                   f"are {self.sam_image_size} and {self.sam_out_channels}")
 
 
-SAM_KINDS = ("vit", "sam_vit_b")
+SAM_KINDS = ("vit", "mobile_sam", "sam_vit_b")
 SAM_INPUTS = ("slices", "centre")
+SAM_RESIZES = ("bilinear", "bicubic")
+SAM_NORMALIZATIONS = ("none", "sam")
 # What ``--sam KIND`` sets: the encoder's own architecture for a pretrained kind (its
 # checkpoint must fit), frozen, at its image size, fed the centre slice as nnSAM feeds it.
+# TinyViT's own widths and depths are fixed by the kind; the ViT fields do not apply to it.
 PRETRAINED = {
+    "mobile_sam": dict(sam_image_size=1024, sam_patch_size=16, sam_out_channels=256,
+                       sam_frozen=True, sam_input="centre"),
     "sam_vit_b": dict(sam_image_size=1024, sam_patch_size=16, sam_embed_dim=768, sam_depth=12,
                       sam_heads=12, sam_out_channels=256, sam_window_size=14,
                       sam_global_attention=(2, 5, 8, 11), sam_frozen=True,
@@ -154,9 +184,14 @@ def config_from_dict(data: dict, source: str = "network") -> NetworkConfig:
     if unknown:
         raise ModelConfigError(f"{source}: unknown network field {unknown[0]!r}")
     values = dict(data)
-    for name in ("patch_size", "sam_global_attention"):
+    for name, kind in (("patch_size", int), ("sam_global_attention", int),
+                       ("sam_window", float)):
         if name in values:
-            values[name] = tuple(int(v) for v in values[name])
+            try:
+                values[name] = tuple(kind(v) for v in values[name])
+            except (TypeError, ValueError):
+                raise ModelConfigError(f"{source}: network field {name} must be a list of "
+                                       f"{kind.__name__}, got {values[name]!r}") from None
     for name, value in values.items():
         default = getattr(NetworkConfig(), name)
         if isinstance(default, bool) and not isinstance(value, bool) or \

@@ -42,12 +42,22 @@ def _add_plan(sub) -> None:
     p.add_argument("--smoothing", action="store_true",
                    help="box-average over the downsampling factor before resampling "
                         "(anti-aliasing: less noise at network resolution)")
-    p.add_argument("--sam", choices=("vit", "sam_vit_b", "none"), default=None,
+    p.add_argument("--sam", choices=("vit", "mobile_sam", "sam_vit_b", "none"), default=None,
                    help="SAM branch: vit (trained from scratch, the preset's; the paper's "
-                        "entry), sam_vit_b (segment-anything's ViT-B, pretrained and frozen: "
-                        "needs --sam-checkpoint) or none")
+                        "entry), mobile_sam (MobileSAM's TinyViT, as nnSAM) or sam_vit_b "
+                        "(segment-anything's ViT-B), both pretrained and frozen and needing "
+                        "--sam-checkpoint, or none")
     p.add_argument("--sam-checkpoint", type=Path, default=None, metavar="FILE",
-                   help="pretrained SAM weights (a segment-anything checkpoint) for the branch")
+                   help="pretrained SAM weights (a segment-anything or MobileSAM checkpoint)")
+    p.add_argument("--sam-input", choices=("slices", "centre"), default=None,
+                   help="what the encoder sees: the context slices as its 3 channels, or the "
+                        "centre slice repeated (default: slices for vit, centre for the "
+                        "pretrained kinds, as nnSAM)")
+    p.add_argument("--sam-resize", choices=("bilinear", "bicubic"), default=None,
+                   help="resize to the encoder's image size and back (default bilinear)")
+    p.add_argument("--sam-normalization", choices=("none", "sam"), default=None,
+                   help="none: the z-scored input as it is (default, as nnSAM); sam: the "
+                        "plan's CT window onto 0..255 and SAM's pixel mean and std")
     _common(p)
 
 
@@ -209,7 +219,9 @@ def main(argv=None) -> int:
 
             run_plan(args.dataset, args.output, args.target_spacing, args.preset,
                      tuple(args.patch), args.batch_size, progress, args.smoothing, args.sam,
-                     args.sam_checkpoint)
+                     args.sam_checkpoint, sam_options={
+                         "sam_input": args.sam_input, "sam_resize": args.sam_resize,
+                         "sam_normalization": args.sam_normalization})
         elif args.stage == "ceiling":
             from training.ceiling import run_ceiling
 

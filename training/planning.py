@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import cc3d
@@ -139,16 +140,18 @@ def summarise(cases: list[dict]) -> dict:
 
 def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 192),
               batch_size: int = 4, context_slices: int = 3, smoothing: bool = False,
-              sam: str | None = None, sam_checkpoint=None) -> Plan:
-    """The plan from a fingerprint (see the module docstring for each default)."""
+              sam: str | None = None, sam_checkpoint=None,
+              sam_options: dict | None = None) -> Plan:
+    """The plan from a fingerprint (see the module docstring for each default).
+
+    ``sam_options``: NetworkConfig fields of the SAM branch's input (``sam_input``,
+    ``sam_resize``, ``sam_normalization``) over the kind's defaults; None leaves one as is.
+    """
     if target_spacing is None:
         sx, sy, sz = fp["median_spacing"]
         inplane = round(2 * (sx + sy) / 2, 2)
         target_spacing = (inplane, inplane, round(max(sz, 3.0), 2))
     config = get_config(preset, patch_size=tuple(patch), in_channels=context_slices)
-    if sam is not None:
-        config = with_sam(config, sam)
-    checkpoint = _checked_sam_checkpoint(config, sam_checkpoint)
     fg = fp.get("foreground")
     if fg is None:
         log.warning("no labelled lesion in the dataset; using the default CT normalisation")
@@ -156,6 +159,10 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
     else:
         norm = Normalization(clip_low=round(fg["p00_5"], 1), clip_high=round(fg["p99_5"], 1),
                              mean=round(fg["mean"], 2), std=round(max(fg["std"], 1.0), 2))
+    if sam is not None:
+        config = with_sam(config, sam)
+    config = _with_sam_options(config, sam_options or {}, norm)
+    checkpoint = _checked_sam_checkpoint(config, sam_checkpoint)
     post = PostProcessing()
     volumes = fp.get("lesion_volumes_mm3")
     if volumes:
@@ -168,6 +175,21 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
                 sam_checkpoint=checkpoint).validate("plan")
 
 
+def _with_sam_options(config, options: dict, norm: Normalization):
+    """``config`` with the SAM input options given; "sam" normalisation maps the plan's
+    CT window (clip range, in the network's z-scored units) onto SAM's 0..255 pixels."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if options and not config.sam:
+        raise ModelConfigError(f"--{next(iter(options)).replace('_', '-')} needs a SAM branch "
+                               "(not --sam none)")
+    if options.get("sam_normalization", config.sam_normalization) == "sam":
+        options["sam_window"] = (round((norm.clip_low - norm.mean) / norm.std, 4),
+                                 round((norm.clip_high - norm.mean) / norm.std, 4))
+    config = replace(config, **options)
+    config.validate()
+    return config
+
+
 def _checked_sam_checkpoint(config, path) -> str | None:
     """The checkpoint's absolute path once it is shown to fit the network's SAM encoder."""
     if config.sam_frozen and path is None:
@@ -177,17 +199,23 @@ def _checked_sam_checkpoint(config, path) -> str | None:
         return None
     if not config.sam:
         raise ModelConfigError("--sam-checkpoint needs a SAM branch (not --sam none)")
-    from inference.model import NnSam, load_sam_checkpoint
+    from inference.model import NnSam
+    from inference.sam_encoders import load_sam_checkpoint
 
     load_sam_checkpoint(NnSam(config), path)  # one line naming the first misfit
     return str(Path(path).resolve())
 
 
 def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),
-             batch_size=4, progress=True, smoothing=False, sam=None, sam_checkpoint=None) -> Plan:
+             batch_size=4, progress=True, smoothing=False, sam=None, sam_checkpoint=None,
+             sam_options=None) -> Plan:
+    if sam is not None or sam_checkpoint is not None:
+        # a checkpoint that does not fit is refused before the dataset is read
+        config = get_config(preset, patch_size=tuple(patch))
+        _checked_sam_checkpoint(with_sam(config, sam) if sam else config, sam_checkpoint)
     fp = fingerprint(dataset, progress=progress)
     plan = make_plan(fp, target_spacing, preset, patch, batch_size, smoothing=smoothing,
-                     sam=sam, sam_checkpoint=sam_checkpoint)
+                     sam=sam, sam_checkpoint=sam_checkpoint, sam_options=sam_options)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fp_path = output.parent / FINGERPRINT

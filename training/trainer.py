@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from inference.model import NnSam, load_sam_checkpoint
+from inference.model import NnSam, count_parameters
+from inference.sam_encoders import load_sam_checkpoint
 from inference.plans import Plan
 from inference.preprocess import pad_value
 from training.augment import AUGMENTATIONS, augment
@@ -210,9 +211,11 @@ def train(args) -> dict:
     run = _set_up(args)
     start_epoch, best, history, spent_s = _restore(run)
     if run.main:
-        log.info("training %s (%.2fM parameters) on %s x%d (%s): %d train / %d validation "
+        frozen = count_parameters(run.network, trainable=False)
+        log.info("training %s (%.2fM parameters%s) on %s x%d (%s): %d train / %d validation "
                  "cases, batch %d, patch %s, epochs %d x %d iterations", run.plan.preset,
-                 sum(p.numel() for p in run.network.parameters()) / 1e6, run.device,
+                 count_parameters(run.network, trainable=True) / 1e6,
+                 f", {frozen / 1e6:.2f}M frozen" if frozen else "", run.device,
                  run.world, str(run.precision or "fp32").replace("torch.", ""),
                  len(run.train_ids), len(run.val_ids), run.batch_size,
                  "x".join(map(str, run.plan.patch_size)), args.epochs, args.iterations)
