@@ -260,3 +260,27 @@ def test_the_sam_input_options_export_with_parity(tmp_path):
         expected = LesionProbability(model.eval())(tiles).numpy()
     assert Plan.load(folder / "plans.json").network.sam_resize == "bicubic"
     assert np.abs(OnnxBackend(folder, "cpu")(tiles.numpy()) - expected).max() <= 1e-3
+
+
+def test_ddp_all_reduces_only_the_trainable_tensors():
+    """DistributedDataParallel (as the trainer wraps the network) buckets no frozen tensor."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        config = with_sam(get_config("tiny"), "vit")
+        network = NnSam(type(config)(**{**config.__dict__, "sam_frozen": True}))
+        trainable = [p for p in network.parameters() if p.requires_grad]
+        assert 0 < len(trainable) < len(list(network.parameters()))
+        logged = torch.nn.parallel.DistributedDataParallel(network)._get_ddp_logging_data()
+        assert logged["num_parameter_tensors"] == len(trainable)
+        assert logged["total_parameter_size_bytes"] == sum(4 * p.numel() for p in trainable)
+    finally:
+        dist.destroy_process_group()
