@@ -226,12 +226,26 @@ def _tube(tissue, grid, rng, points, radius, wall_mm, wall, content, gas_fractio
         _paint(tissue, sl, gas, "gas", (content,))
 
 
-def _build_anatomy(grid, rng):
-    """Tissue index map (z, y, x) of one abdomen, drawn from ``rng``."""
+@dataclass
+class _Build:
+    """One abdomen's build, drawn in ``_body_wall``, that every later structure follows."""
+
+    A: float  # semi-axes of the body's cross-section, mm (x, anterior y)
+    B: float
+    b_post: float  # posterior y semi-axis
+    kx: float  # organ scale factors along x and y
+    ky: float
+    skin: float
+    fat_mean: float
+    Yv: float = 0.0  # y of the vertebral bodies' centre
+    period: float = 0.0  # vertebra + disc height, mm
+
+
+def _body_wall(grid, rng):
+    """The body outline with skin, subcutaneous fat, muscle wall and visceral fat inside."""
     X, Y, Z = grid.X, grid.Y, grid.Z
     A, B = rng.uniform(140, 175), rng.uniform(100, 125)
     b_post = B * rng.uniform(0.85, 0.95)
-    kx, ky = A / 155, B / 112  # organs follow the body's build
     ph = rng.uniform(0, 2 * math.pi, size=3)
     Zd = Z.astype(np.float64)
     chest = 1 + 0.06 / (1 + np.exp(-(Zd - 330) / 25))
@@ -258,17 +272,22 @@ def _build_anatomy(grid, rng):
     del depth, rn
     lut = np.array([TISSUE[t] for t in
                     ("air", "skin", "subcutaneous_fat", "muscle", "visceral_fat")], np.uint8)
-    tissue = lut[layer]
-    del layer
-    soft = ("visceral_fat",)
+    build = _Build(A, B, b_post, kx=A / 155, ky=B / 112, skin=skin, fat_mean=float(np.mean(fat)))
+    return lut[layer], build
 
-    # Spine: vertebral bodies with discs, canal, posterior arch; paraspinal muscles, psoas.
-    Yv = 18 * ky
-    period, disc_h, zph = rng.uniform(30, 36), rng.uniform(6, 9), rng.uniform(0, 36)
+
+_SOFT = ("visceral_fat",)
+
+
+def _spine(tissue, grid, rng, build: _Build) -> None:
+    """Vertebral bodies with discs, canal, posterior arch; paraspinal muscles, psoas."""
+    kx = build.kx
+    build.Yv = Yv = 18 * build.ky
+    build.period, disc_h, zph = rng.uniform(30, 36), rng.uniform(6, 9), rng.uniform(0, 36)
     box = grid.box((0, Yv + 30, 0), (60 * kx, 55, 1e6))
     if box is not None:
         sl, dz, dy, dx = box
-        phase = (dz + zph) % period  # height within one vertebra + disc
+        phase = (dz + zph) % build.period  # height within one vertebra + disc
         is_disc = phase < disc_h
         body = (dx / 22) ** 2 + (dy / 17) ** 2
         canal = dx**2 + (dy - 27) ** 2
@@ -282,8 +301,8 @@ def _build_anatomy(grid, rng):
         _paint(tissue, sl, paraspinal, "muscle", ("visceral_fat", "subcutaneous_fat"))
         _paint(tissue, sl, arch, "cortical_bone", ("visceral_fat", "muscle", "subcutaneous_fat"))
         _paint(tissue, sl, canal <= 9**2, "csf", ("cortical_bone",))
-        _paint(tissue, sl, (body <= 1) & is_disc, "disc", soft)
-        _paint(tissue, sl, body <= 1, "cortical_bone", soft)
+        _paint(tissue, sl, (body <= 1) & is_disc, "disc", _SOFT)
+        _paint(tissue, sl, body <= 1, "cortical_bone", _SOFT)
         _paint(tissue, sl, body <= 0.8, "cancellous_bone", ("cortical_bone",))
     for side in (-1, 1):
         for z0, z1 in ((60, 100), (100, 150), (150, 200), (200, 235)):
@@ -291,14 +310,17 @@ def _build_anatomy(grid, rng):
             sl, q = _ellipsoid(grid, rng, (side * (30 + r) * kx, Yv + 5, (z0 + z1) / 2),
                                (r, r * 0.9, (z1 - z0) * 0.75), wobble=0.05)
             if sl is not None:
-                _paint(tissue, sl, q <= 1, "muscle", soft)
-    # Ribs: oval cross-sections inside the wall, above the kidneys.
-    rib_depth = skin + float(np.mean(fat)) + 5
+                _paint(tissue, sl, q <= 1, "muscle", _SOFT)
+
+
+def _ribs_and_vessels(tissue, grid, rng, build: _Build) -> None:
+    """Ribs (oval cross-sections inside the wall, above the kidneys); aorta and IVC."""
+    rib_depth = build.skin + build.fat_mean + 5
     for side in (-1, 1):
         for alpha in np.radians(np.arange(40, 160, 18)):
-            for z in np.arange(230 + alpha * 10, Z[-1] + 30, period * 0.9):
-                px = side * (A - rib_depth) * math.sin(alpha)
-                py = (b_post if alpha < math.pi / 2 else B) * math.cos(alpha)
+            for z in np.arange(230 + alpha * 10, grid.Z[-1] + 30, build.period * 0.9):
+                px = side * (build.A - rib_depth) * math.sin(alpha)
+                py = (build.b_post if alpha < math.pi / 2 else build.B) * math.cos(alpha)
                 py -= math.copysign(rib_depth, py) if abs(py) > 1 else 0
                 box = grid.box((px, py, z), (6, 6, 6))
                 if box is not None:
@@ -307,28 +329,32 @@ def _build_anatomy(grid, rng):
                     _paint(tissue, sl, q <= 1, "cortical_bone",
                            ("muscle", "subcutaneous_fat", "visceral_fat"))
                     _paint(tissue, sl, q <= 0.35, "cancellous_bone", ("cortical_bone",))
-    # Vessels in front of the spine.
     for name, x, r, z0 in (("aorta", 14, rng.uniform(10, 13), 115), ("ivc", -24, 11, 105)):
-        box = grid.box((x * kx, Yv - 30, 600), (r, r, 600 - z0))
+        box = grid.box((x * build.kx, build.Yv - 30, 600), (r, r, 600 - z0))
         if box is not None:
             sl, dz, dy, dx = box
-            _paint(tissue, sl, dx**2 + dy**2 <= r * r, name, soft)
+            _paint(tissue, sl, dx**2 + dy**2 <= r * r, name, _SOFT)
 
-    def organ(name, centre, semi, angle=0.0, wobble=0.1, onto=soft, below_dome=True):
+
+def _organs(tissue, grid, rng, build: _Build):
+    """Kidneys, liver, spleen, pancreas, stomach and gallbladder below the diaphragm's
+    dome; the dome (z of the diaphragm per (y, x)) is returned for the lungs."""
+    X, Y = grid.X, grid.Y
+    kx, ky, Yv = build.kx, build.ky, build.Yv
+
+    def organ(name, centre, semi, angle=0.0, wobble=0.1, onto=_SOFT):
         c = (centre[0] * kx, centre[1] * ky, centre[2])
         s = [v * rng.uniform(0.85, 1.15) for v in (semi[0] * kx, semi[1] * ky, semi[2])]
         sl, q = _ellipsoid(grid, rng, c, s, angle, wobble)
         if sl is None:
             return None, None
-        mask = q <= 1
-        if below_dome:
-            mask &= grid.Z[sl[0]][:, None, None] < dome[sl[1:]][None]
+        mask = (q <= 1) & (grid.Z[sl[0]][:, None, None] < dome[sl[1:]][None])
         _paint(tissue, sl, mask, name, onto)
         return sl, q
 
     # Diaphragm dome: lower laterally and posteriorly.
     d0 = rng.uniform(335, 365)
-    dome = (d0 - 35 * ((X[None, :] / A) ** 2 + (np.maximum(Y[:, None], 0) / B) ** 2)
+    dome = (d0 - 35 * ((X[None, :] / build.A) ** 2 + (np.maximum(Y[:, None], 0) / build.B) ** 2)
             - rng.uniform(0, 15) * (X[None, :] < 0)).astype(np.float32)
     for side in (-1, 1):
         kz = rng.uniform(195, 215) + (15 if side > 0 else 0)
@@ -354,7 +380,13 @@ def _build_anatomy(grid, rng):
         _paint(tissue, sl, (q <= 0.85) & front, "gas", ("stomach_content",))
     organ("gallbladder", (-50, -55, rng.uniform(230, 250)), (16, 14, 35),
           onto=("visceral_fat", "liver"))
-    # Colon: ascending, transverse, descending; then small-bowel loops fill the rest.
+    return dome
+
+
+def _bowel_and_lungs(tissue, grid, rng, build: _Build, dome) -> None:
+    """Colon (ascending, transverse, descending), small-bowel loops filling the rest, and
+    the lung bases above the dome, split by the mediastinum."""
+    kx, ky = build.kx, build.ky
     cz = rng.uniform(235, 255)
     frame = [(-95, 5, 80), (-95, -5, cz - 10), (-60, -65, cz), (40, -70, cz + 5),
              (95, -5, cz + 15), (100, 10, 150), (80, 0, 70), (30, -30, 35)]
@@ -367,14 +399,22 @@ def _build_anatomy(grid, rng):
         end = np.array(c) + rng.normal(size=3) * r
         _tube(tissue, grid, rng, [c, end], r, 2.5, "bowel_wall", "bowel_fluid",
               rng.uniform(0, 0.5) * (rng.random() < 0.4))
-    # Lung bases above the dome, split by the mediastinum.
     box = grid.box((0, 0, 1000), (1e6, 1e6, 1000 - float(dome.min())))
     if box is not None:
         sl, dz, dy, dx = box
         above = grid.Z[sl[0]][:, None, None] > dome[sl[1:]][None]
         medi = ((dx - 10 * kx) / (60 * kx)) ** 2 + ((dy + 25 * ky) / (50 * ky)) ** 2 <= 1
-        _paint(tissue, sl, above & medi, "mediastinum", soft)
-        _paint(tissue, sl, above, "lung", soft)
+        _paint(tissue, sl, above & medi, "mediastinum", _SOFT)
+        _paint(tissue, sl, above, "lung", _SOFT)
+
+
+def _build_anatomy(grid, rng):
+    """Tissue index map (z, y, x) of one abdomen, drawn from ``rng``, outside in."""
+    tissue, build = _body_wall(grid, rng)
+    _spine(tissue, grid, rng, build)
+    _ribs_and_vessels(tissue, grid, rng, build)
+    dome = _organs(tissue, grid, rng, build)
+    _bowel_and_lungs(tissue, grid, rng, build, dome)
     return tissue
 
 
