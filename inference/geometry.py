@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference.arrays import array_ops
+
 # Sign each ITK axis (x, y, z) must point along its LPS world axis.
 TARGET_SIGNS = {"LPS": (1, 1, 1), "RAS": (-1, -1, 1)}
 
@@ -43,15 +45,7 @@ class Reorientation:
 
     def apply(self, array):
         """The array in the target orientation (a view for numpy, a new tensor for torch)."""
-        if hasattr(array, "permute"):
-            out = array.permute(*self.perm)
-            dims = [i for i, f in enumerate(self.flips) if f]
-            return out.flip(dims) if dims else out
-        out = np.transpose(array, self.perm)
-        for axis, flip in enumerate(self.flips):
-            if flip:
-                out = np.flip(out, axis)
-        return out
+        return array_ops(array).permute_flip(array, self.perm, self.flips)
 
     def invert(self, array: np.ndarray) -> np.ndarray:
         """Undo ``apply`` (numpy)."""
@@ -87,13 +81,10 @@ def body_box(array, threshold: float, margin: int = 2):
     field of view and air both fall below any sensible threshold.
     """
     mask = array > threshold
+    ops = array_ops(mask)
     box = []
     for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        if isinstance(mask, np.ndarray):
-            idx = np.flatnonzero(mask.any(axis=others))
-        else:  # a torch tensor, reduced on its device
-            idx = mask.any(dim=others[1]).any(dim=others[0]).nonzero().flatten().cpu().numpy()
+        idx = ops.nonzero_along(mask, axis)  # a tensor is reduced on its device
         if idx.size == 0:
             return None
         lo, hi = int(idx[0]), int(idx[-1])

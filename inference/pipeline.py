@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from inference.arrays import array_ops
 from inference.plans import Plan, PostProcessing
 from inference.postprocess import remove_components
 from inference.preprocess import Prepared, body_mask, pad_value, restore
@@ -56,7 +57,7 @@ def network_probability(volume, predict: Callable, plan: Plan, batch_size: int =
     probability = sliding_window(
         volume, predict, plan.patch_size, plan.tile_step if step is None else step,
         plan.context_slices, batch_size, body, pad_value=pad_value(plan), **window)
-    return probability if isinstance(probability, np.ndarray) else probability.cpu().numpy()
+    return array_ops(probability).to_host(probability)
 
 
 def decide(probability: np.ndarray, spacing_zyx, post: PostProcessing) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from inference.arrays import array_ops
 from inference.geometry import Reorientation, body_box
 from inference.plans import Plan
 from inference.resample import resize_linear
@@ -51,45 +52,19 @@ def smoothing_widths(spacing_zyx, target_zyx) -> tuple[int, int, int]:
 
 
 def box_smooth(a, widths):
-    """Mean over a centred box of ``widths`` voxels, counting only voxels inside the array.
-
-    numpy: shifted in-place sums (the widths are small: 3-5 voxels); torch: running sums,
-    which cost the same whatever the width.
-    """
+    """Mean over a centred box of ``widths`` voxels (odd), counting only voxels inside."""
+    ops = array_ops(a)
+    a = ops.float32(a)
     for axis, w in enumerate(widths):
         if w <= 1 or a.shape[axis] < 2:
             continue
         r = w // 2
         n = a.shape[axis]
-        if isinstance(a, np.ndarray):
-            a = np.asarray(a, np.float32)
-            total = a.copy()
-            for k in range(1, min(r, n - 1) + 1):
-                head = (slice(None),) * axis + (slice(k, None),)
-                tail = (slice(None),) * axis + (slice(None, -k),)
-                total[head] += a[tail]
-                total[tail] += a[head]
-            upper, lower = total, 0
-        else:
-            import torch.nn.functional as F
-
-            pad = [0] * 6
-            pad[2 * (2 - axis)], pad[2 * (2 - axis) + 1] = r + 1, r
-            c = F.pad(a, pad).cumsum(dim=axis)
-            upper, lower = c.narrow(axis, w, n), c.narrow(axis, 0, n)
         i = np.arange(n)
         count = (np.minimum(i + r, n - 1) - np.maximum(i - r, 0) + 1).astype(np.float32)
         shape = [1, 1, 1]
         shape[axis] = n
-        count = count.reshape(shape)
-        if not isinstance(a, np.ndarray):
-            import torch
-
-            count = torch.as_tensor(count, device=a.device, dtype=a.dtype)
-            a = (upper - lower) / count
-        else:
-            upper /= count
-            a = upper
+        a = ops.divide_(ops.box_sum(a, axis, r), ops.from_host_like(count.reshape(shape), a))
     return a
 
 
@@ -100,41 +75,23 @@ def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = 32)
     resized in plane; the smaller result is then smoothed and resized along z. Both
     operations are separable, so this equals doing them on the whole crop at once. The
     largest case's crop is over 500 MB in float32; its slabs take about 30 MB each, which
-    also spares a fresh process most of its page faults (preprocessing 554 slices on the
-    CPU: 2.0 s with the whole crop, first call).
+    also spares a fresh process most of its page faults.
     """
-    parts = []
+    parts, ops = [], None
     for z0 in range(0, crop.shape[0], slab):
         part = to_device(crop[z0:z0 + slab])
-        if isinstance(part, np.ndarray):
-            part = np.asarray(part, np.float32)
-        else:
-            part = part.float()
+        ops = ops or array_ops(part)
+        part = ops.float32(part)
         if widths:
             part = box_smooth(part, (1, widths[1], widths[2]))
         if tuple(part.shape[1:]) != tuple(shape[1:]):
-            part = _resize_plane(part, shape[1:])
+            part = ops.resize_plane(part, shape[1:])
         parts.append(part)
-    if isinstance(parts[0], np.ndarray):
-        a = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    else:
-        import torch
-
-        a = torch.cat(parts)
+    a = ops.concat(parts)
     del parts
     if widths:
         a = box_smooth(a, (widths[0], 1, 1))
     return resize_linear(a, shape)
-
-
-def _resize_plane(part, plane):
-    """Linear in-plane resize of a (s, y, x) slab; z untouched."""
-    if isinstance(part, np.ndarray):
-        return resize_linear(part, (part.shape[0], *plane))
-    import torch.nn.functional as F
-
-    return F.interpolate(part[:, None], size=tuple(plane), mode="bilinear",
-                         align_corners=False)[:, 0]
 
 
 def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
@@ -152,10 +109,7 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
     resampled = _resize_in_slabs(crop, shape, widths, to_device)
     del crop
     n = plan.normalization
-    if isinstance(resampled, np.ndarray):
-        np.clip(resampled, n.clip_low, n.clip_high, out=resampled)
-    else:
-        resampled.clamp_(n.clip_low, n.clip_high)
+    array_ops(resampled).clip_(resampled, n.clip_low, n.clip_high)
     resampled -= n.mean
     resampled /= n.std
     net_spacing = tuple(c * s / r for c, s, r in
@@ -192,11 +146,9 @@ def body_mask(volume, plan: Plan) -> np.ndarray:
     # itself only when round-half-to-even goes up: ``above`` has an even last bit).
     mid = np.float32((float(level) + float(above)) / 2)
     inclusive = int(above.view(np.uint16)) % 2 == 0
-    if isinstance(volume, np.ndarray):
-        return volume >= mid if inclusive else volume > mid
-    volume = volume.float()
-    body = volume >= float(mid) if inclusive else volume > float(mid)
-    return body.cpu().numpy()
+    ops = array_ops(volume)
+    volume, mid = ops.float32(volume), float(mid)  # mid is a float32 value: exact either way
+    return ops.to_host(volume >= mid if inclusive else volume > mid)
 
 
 RESTORE_SLAB = 16  # output slices upsampled at a time
@@ -226,6 +178,7 @@ def restore(probability: np.ndarray, kept: np.ndarray, prepared: Prepared, thres
             hi = min(int(np.ceil((idx[-1] + 1 + margin) * n_out / n_in)), n_out)
             region.append((lo, hi))
         lesion = to_device(lesion)
+        ops = array_ops(lesion)
         crop = full[prepared.box]
         (z_lo, z_hi), rows, columns = region
         inplane = (slice(*rows), slice(*columns))
@@ -234,8 +187,7 @@ def restore(probability: np.ndarray, kept: np.ndarray, prepared: Prepared, thres
         for z0 in range(z_lo, z_hi, RESTORE_SLAB):
             z1 = min(z0 + RESTORE_SLAB, z_hi)
             up = resize_linear(lesion, crop_shape, ((z0, z1), rows, columns)) > threshold
-            crop[(slice(z0, z1), *inplane)] = up if isinstance(up, np.ndarray) else \
-                up.cpu().numpy()
+            crop[(slice(z0, z1), *inplane)] = ops.to_host(up)
     return np.ascontiguousarray(prepared.reorientation.invert(full))
 
 

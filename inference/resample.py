@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from inference.arrays import array_ops
+
 
 def source_index(n_in: int, n_out: int, start: int = 0, stop: int | None = None):
     """Lower/upper source indices and upper weights for output positions start..stop."""
@@ -29,17 +31,9 @@ def _interp_axis(a, axis: int, n_out: int, start: int = 0, stop: int | None = No
     lo, hi, w = source_index(n_in, n_out, start, stop)
     shape = [1] * a.ndim
     shape[axis] = len(w)
-    if isinstance(a, np.ndarray):
-        w = w.reshape(shape)
-        low = np.take(a, lo, axis=axis)
-        return low + (np.take(a, hi, axis=axis) - low) * w
-    import torch  # only reached with a tensor, so the numpy path never imports torch
-
-    lo_t = torch.as_tensor(lo, device=a.device)
-    hi_t = torch.as_tensor(hi, device=a.device)
-    w_t = torch.as_tensor(w, device=a.device, dtype=a.dtype).reshape(shape)
-    low = a.index_select(axis, lo_t)
-    return low + (a.index_select(axis, hi_t) - low) * w_t
+    ops = array_ops(a)
+    low = ops.take(a, lo, axis)
+    return low + (ops.take(a, hi, axis) - low) * ops.from_host_like(w.reshape(shape), a)
 
 
 def resize_linear(a, shape, region=None):
@@ -49,8 +43,7 @@ def resize_linear(a, shape, region=None):
     the restore step uses it to upsample only around kept lesions, slab by slab.
     The axis that shrinks most goes first, which keeps intermediate arrays small.
     """
-    if isinstance(a, np.ndarray) and a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float32)
+    a = array_ops(a).floating(a)
     region = region or tuple((0, n) for n in shape)
     for axis in sorted(range(3), key=lambda ax: (region[ax][1] - region[ax][0]) / a.shape[ax]):
         a = _interp_axis(a, axis, shape[axis], *region[axis])

@@ -7,7 +7,7 @@ slice are skipped (their voxels get probability 0). Slices are processed in slab
 the accumulators never hold the whole volume, and tiles are batched across slices.
 
 The engine runs on numpy arrays (onnxruntime backend, no torch) or torch tensors on
-any device (torch backend): the few array operations it needs are dispatched by type.
+any device (torch backend), with ``inference.arrays``' operations and two of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+
+from inference.arrays import NumpyOps, TorchOps, is_numpy
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,10 @@ def plan_tiles(shape, patch, step, body=None) -> list[Tile]:
     return tiles
 
 
-class _Numpy:
-    zeros = staticmethod(lambda shape: np.zeros(shape, np.float32))
-    as_array = staticmethod(lambda a: a)
+class _Numpy(NumpyOps):
+    """numpy's operations and the window's own: tiles gathered into a reused buffer."""
+
+    as_array = staticmethod(NumpyOps.from_host)
 
     def __init__(self, like):
         self.buffer = None
@@ -89,35 +92,30 @@ class _Numpy:
         return batch
 
     @staticmethod
-    def pad_inplane(volume, pad_y, pad_x, value):
-        return np.pad(volume, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=value)
-
-    @staticmethod
     def normalise(acc, planes, layout_ids):
         # Slice by slice, in place: no slab-sized temporary.
         for i, k in enumerate(layout_ids):
             np.divide(acc[i], planes[k], out=acc[i])
 
 
-class _Torch:
-    def __init__(self, like):
-        import torch
-
-        self.torch, self.device = torch, like.device
-
-    def zeros(self, shape):
-        return self.torch.zeros(shape, dtype=self.torch.float32, device=self.device)
-
-    def gather(self, volume, chunk, patch, half):
-        return self.torch.stack([_tile_input(volume, t, patch, half) for t in chunk])
+class _Torch(TorchOps):
+    """torch's operations and the window's own, on the volume's device."""
 
     def as_array(self, a):
-        return self.torch.as_tensor(a, device=self.device)
+        return self.from_host(a)
 
-    def pad_inplane(self, volume, pad_y, pad_x, value):
-        import torch.nn.functional as F
+    def gather(self, volume, chunk, patch, half):
+        return self.torch.stack([self.tile_input(volume, t, patch, half) for t in chunk])
 
-        return F.pad(volume, (0, pad_x, 0, pad_y), value=value)
+    def tile_input(self, volume, t: Tile, patch, half: int):
+        """The context slices centred on ``t.z`` (edges replicated), cut to the tile."""
+        nz = volume.shape[0]
+        region = volume[max(t.z - half, 0):t.z + half + 1, t.y:t.y + patch[0],
+                        t.x:t.x + patch[1]]
+        lo, hi = half - min(t.z, half), half - min(nz - 1 - t.z, half)
+        if lo or hi:
+            region = self.concat([region[:1]] * lo + [region] + [region[-1:]] * hi)
+        return region
 
     def normalise(self, acc, planes, layout_ids):
         # Two kernels per slab (gather the slices' maps, divide) however many layouts.
@@ -129,7 +127,7 @@ class _Torch:
 
 
 def _ops(volume):
-    return _Numpy(volume) if isinstance(volume, np.ndarray) else _Torch(volume)
+    return _Numpy(volume) if is_numpy(volume) else _Torch(volume)
 
 
 def weight_sum_plane(starts, plane_shape, weight: np.ndarray) -> np.ndarray:
@@ -188,7 +186,7 @@ def sliding_window(
     out = np.zeros(shape, np.float32) if to_host else ops.zeros(shape)
     # On the device the slab accumulates in ``out`` itself; only a host result needs a
     # device-side slab to blend in first.
-    separate = to_host and not isinstance(volume, np.ndarray)
+    separate = to_host and not ops.is_numpy
     by_slab: dict[int, list[Tile]] = {}
     for t in tiles:
         by_slab.setdefault(t.z // slab_slices, []).append(t)
@@ -207,7 +205,7 @@ def sliding_window(
                     raise
                 batch_size = max(batch_size // 2, 1)
                 log.warning("out of memory; retrying with %d tiles per batch", batch_size)
-                _release_cached_memory(volume)
+                ops.release_cached_memory()
                 continue
             weighted = probs * weight  # one operation for the batch, not one per tile
             for t, p in zip(chunk, weighted):
@@ -218,7 +216,7 @@ def sliding_window(
         # A slice of the slab without tiles holds zeros, which any layout's map keeps 0.
         ops.normalise(acc, planes, slice_layout[z0:z1].tolist())
         if separate:
-            out[z0:z1] = acc.cpu().numpy()
+            out[z0:z1] = ops.to_host(acc)
     return out[:, :ny, :nx]
 
 
@@ -238,20 +236,3 @@ def _normalisers(tiles, shape, weight_np, ops):
     planes = ops.as_array(np.stack([weight_sum_plane(starts, shape[1:], weight_np)
                                     for starts in layouts])) if layouts else None
     return slice_layout, planes
-
-
-def _tile_input(volume, t: Tile, patch, half: int):
-    """The context slices centred on ``t.z`` (edges replicated), cut to the tile (torch)."""
-    nz = volume.shape[0]
-    region = volume[max(t.z - half, 0):t.z + half + 1, t.y:t.y + patch[0], t.x:t.x + patch[1]]
-    lo, hi = half - min(t.z, half), half - min(nz - 1 - t.z, half)
-    if lo or hi:
-        region = _ops(region).torch.cat([region[:1]] * lo + [region] + [region[-1:]] * hi)
-    return region
-
-
-def _release_cached_memory(volume) -> None:
-    if not isinstance(volume, np.ndarray) and volume.is_cuda:
-        import torch
-
-        torch.cuda.empty_cache()
