@@ -10,6 +10,12 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmark" / "results"
+
+
+def results_dir(group: str) -> Path:
+    """The default folder of a group's results: ``benchmark/results/<group>``."""
+    return RESULTS / group
 
 
 def cpu_model() -> str:

@@ -11,7 +11,7 @@ holding that case alone, timed whole. Memory is whole-GPU memory from NVML polle
 output. Local runs also record the per-case stages from ``--timings-json``.
 
 Writes ``profile_<machine>_<date>_<tag>.csv``, ``.md`` and ``.png`` (with the paper's
-Table 4 drawn beside ours) into OUT (default ``benchmark/results``).
+Table 4 drawn beside ours) into OUT (default ``benchmark/results/container``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import sys
 from pathlib import Path
 
 from benchmark import machine, paper, report
-from benchmark.memory import measuring, nvml_available
-from benchmark.runner import STAGES, case_info, display_path, list_inputs, run_case
+from benchmark.container.memory import nvml_available
+from benchmark.container.runner import (STAGES, add_run_arguments, case_info, display_path,
+                                       list_inputs, run_case, run_setup)
+from benchmark.machine import results_dir
 
 log = logging.getLogger("benchmark.profile")
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results_dir("container")
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 CSV_COLUMNS = ["case", "size", "slices", "spacing_mm", "time_s", "runs", "median_time_s",
                "cpu_s", "exit_code", "output_ok",
@@ -72,7 +74,7 @@ def select_cases(folder: Path, sizes) -> list[Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from benchmark.suite import add_suite_arguments
+    from benchmark.container.suite import add_suite_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m benchmark.profile",
@@ -82,28 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, type=Path, metavar="DIR",
                    help="folder of <case>_0000.nii.gz inputs")
     p.add_argument("-o", "--output", type=Path, default=RESULTS, metavar="OUT",
-                   help="results folder (default benchmark/results)")
+                   help="results folder (default benchmark/results/container)")
     p.add_argument("--make-suite", action="store_true",
                    help="first write the missing Table 4 phantoms (--sizes) into DIR")
     add_suite_arguments(p)
     p.add_argument("--docker", metavar="IMAGE",
                    help="run the organisers' docker command on IMAGE instead of predict.sh")
-    p.add_argument("--gpu-index", type=int, default=0,
-                   help="GPU to poll and, with --docker, to pass as --gpus device=N (default 0)")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="weights folder for predict.sh (default: the shipped weights/)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                   help="predict.sh's --backend (default: its own, auto)")
-    p.add_argument("--device", default=None, help="predict.sh's --device (default: auto)")
+    add_run_arguments(p)
     p.add_argument("--tag", default=None,
                    help="file-name tag (default: <preset>-<backend>, or docker)")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="fresh runs per case; the table shows the fastest, the CSV also the "
                         "median (default 1, as the organisers run)")
-    p.add_argument("--predict-args", default="", metavar="ARGS",
-                   help="more options for predict.sh, e.g. \"--torch-mode branches/half\"")
-    p.add_argument("--no-warmup", action="store_true",
-                   help="skip the unrecorded first run that warms the file cache")
     p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
                    help="kill a run after S seconds (default 1800)")
     return p
@@ -125,11 +117,12 @@ def main(argv=None) -> int:
             log.error("error: --docker runs with --gpus; NVML sees no GPU %d here", args.gpu_index)
             return 2
     if args.make_suite:
-        from benchmark.suite import write_suite
+        from benchmark.container.suite import write_suite
 
         write_suite(args.input, args.sizes or paper.SLICES, args.slice_spacing, args.seed)
     if not args.input.is_dir():
-        log.error("error: %s: no such folder (make one with python -m benchmark.suite -o %s)",
+        log.error("error: %s: no such folder (make one with "
+                  "python -m benchmark.container.suite -o %s)",
                   args.input, args.input)
         return 2
     cases = select_cases(args.input, args.sizes)
@@ -139,14 +132,11 @@ def main(argv=None) -> int:
         return 2
 
     try:
-        sampler, gpu = measuring(args.gpu_index)
+        sampler, gpu, stamp, run_options = run_setup(args, docker=args.docker,
+                                                     timeout=args.timeout)
     except RuntimeError as error:
         log.error("error: %s", error)
         return 2
-    stamp = machine.stamp()
-    run_options = dict(docker=args.docker, weights=args.weights, backend=args.backend,
-                       device=args.device, gpu_index=args.gpu_index, timeout=args.timeout,
-                       extra=shlex.split(args.predict_args))
 
     runs, all_times = _run_cases(cases, sampler, run_options, args.repeats, args.no_warmup)
 

@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-mode", default="grouped/autocast",
                    metavar="FORM/PRECISION[/graph][/nhwc]",
                    help="torch backend on a GPU: dynamic-conv form, precision and CUDA-graph "
-                        "replay (default grouped/autocast; see benchmark.network_modes)")
+                        "replay (default grouped/autocast; see benchmark.network.network_modes)")
     p.add_argument("--threads", type=int, default=None,
                    help="onnxruntime CPU threads (default: onnxruntime's own choice)")
     p.add_argument("--continue", dest="skip_existing", action="store_true",

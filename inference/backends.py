@@ -150,7 +150,7 @@ class TorchBackend:
     ``/graph`` each batch shape is captured once as a CUDA graph and replayed, which
     saves the launch cost of the network's many small kernels, and with ``/nhwc`` weights
     and tiles are channels-last.
-    ``python -m benchmark.network_modes`` measures them. On CUDA, a batch smaller than the
+    ``python -m benchmark.network.network_modes`` measures them. On CUDA, a batch smaller than the
     largest seen is padded up to it, so every call has one shape (cuDNN's autotuning and
     graph capture then happen once).
     """
@@ -175,7 +175,7 @@ class TorchBackend:
                 torch.cuda.set_per_process_memory_fraction(memory_fraction, self.device)
             # No autotuning: it times every convolution's algorithms again in each fresh
             # process, one per case in the challenge, which cost more than it saved
-            # (benchmark/results/gpu_h100_2026-11-27.md).
+            # (benchmark/results/container/gpu_h100_2026-11-27.md).
             torch.backends.cudnn.benchmark = False
         path = weights_io.verified(folder, weights_io.TORCH_MODEL)
         state = torch.load(path, map_location="cpu", weights_only=True)

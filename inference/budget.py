@@ -11,7 +11,7 @@ from __future__ import annotations
 # Whole-GPU memory the organisers allow is 4 GB; the CUDA context and cuDNN take about
 # 650 MiB of it before any tensor exists, so the allocator gets the rest less a margin.
 # The default is a small budget because the organisers score memory too, and a larger one
-# bought no speed (benchmark/results/gpu_h100_2026-11-27.md).
+# bought no speed (benchmark/results/container/gpu_h100_2026-11-27.md).
 DEFAULT_GPU_MEMORY_MB = 1200
 CUDA_CONTEXT_MB = 700
 
@@ -25,7 +25,7 @@ def memory_fraction(gpu_memory_mb: float, device: str) -> float:
     return float(min(allocator_mb / total, 1.0))
 
 
-# Resident memory per byte of input voxels (benchmark.host_memory, CPU, onnxruntime): a
+# Resident memory per byte of input voxels (benchmark.container.host_memory, CPU, onnxruntime): a
 # case's peak is its read, the voxels and the mapped compressed file (about 1.5x the voxel
 # bytes above the baseline). Once the read-ahead is decided the current case is read; it
 # then grows by its mask and upsampling slabs while its input is released: under 1x.

@@ -60,7 +60,7 @@ class Plan:
     # Box-average each axis over the downsampling factor before resampling: linear
     # interpolation alone keeps the scanner noise of fine voxels at full strength.
     # Off by default until a training run shows it helps (one 16-minute phantom run
-    # did not: benchmark/results/demo_training.md).
+    # did not: benchmark/results/training/demo_training.md).
     smoothing: bool = False
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: PostProcessing = field(default_factory=PostProcessing)

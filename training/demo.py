@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Realistic 512x512 slices with a modest number of them; spacing drawn per case
 # (0.6-1.0 mm in plane, 1-5 mm slices) so the model meets the variety it will see.
 # A short run on a small network. Each choice below was measured against the one before
-# it on held-out phantoms (benchmark/results/demo_training.md): 80 distinct phantoms;
+# it on held-out phantoms (benchmark/results/training/demo_training.md): 80 distinct phantoms;
 # 64-px patches in batches of 16 (more samples per step than larger patches);
 # anti-aliased downsampling (plan --smoothing), so low-contrast lesions stand out of the
 # noise at 2x2x3 mm; CT-sized augmentation; half the samples on a lesion; the Dice

@@ -86,7 +86,7 @@ def amp_dtype(device: torch.device, mode: str = "auto"):
     bf16 (no loss scaling needed). bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
     (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored no
     better on 64 held-out phantoms than the fp32 run (lesion DSC 0.211 and 0.223 against
-    0.196, each within one paired standard error; ``benchmark/results/demo_training.md``),
+    0.196, each within one paired standard error; ``benchmark/results/training/demo_training.md``),
     and its gradients are measurably coarser (``tests/training/test_trainer.py``).
     Without native bf16 (``_native_bf16``) oneDNN emulates it, slower than fp32.
     """
@@ -191,7 +191,7 @@ def init_lesion_prior(network, prior: float) -> None:
 
     Lesions are a tiny fraction of the voxels; from the default p = 0.5 the full-resolution
     head spends thousands of steps just learning that
-    (benchmark/results/demo_training.md has the loss from either start).
+    (benchmark/results/training/demo_training.md has the loss from either start).
     """
     if not 0 < prior < 1:
         return
@@ -379,7 +379,8 @@ def _run_epoch(run: Run, epoch: int) -> tuple[list, list]:
 
 
 def train_step(run: Run, batch: dict) -> torch.Tensor:
-    """One optimiser step on one batch, in the named pieces ``benchmark.train_steps`` times."""
+    """One optimiser step on one batch, in the named pieces that
+    ``benchmark.training.train_steps`` times."""
     image, label, partial = step_inputs(run, batch)
     image, label = step_augment(run, image, label)
     loss = step_loss(run, step_forward(run, image), label, partial)

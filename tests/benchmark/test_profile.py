@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from benchmark import profile, stages
-from benchmark.memory import nvml_available, rss_available
+from benchmark import profile
+from benchmark.container import stages
+from benchmark.container.memory import nvml_available, rss_available
 
 needs_sampler = pytest.mark.skipif(
     not (nvml_available() or rss_available()),
@@ -72,7 +73,7 @@ def test_stage_breakdown_adds_up_to_the_wall_clock(tiny_case_dir, tiny_weights, 
 
 
 def test_predict_args_reach_predict_sh_after_the_benchmark_options():
-    from benchmark.runner import PREDICT_SH, local_command
+    from benchmark.container.runner import PREDICT_SH, local_command
 
     cmd = local_command(None, None, "torch", "cuda", ["--torch-mode", "branches/half"])
     assert cmd[:2] == ["sh", str(PREDICT_SH)]
