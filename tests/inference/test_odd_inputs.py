@@ -1,7 +1,7 @@
 """The catalogue of odd inputs, generated from one phantom and run as the organisers run us.
 
 Each entry is a file a hospital export, a challenge harness or a careless copy produces
-(DESIGN.md's list of inputs seen in the wild is the floor). One run of the command line
+(the quirks of real exports seen in the wild are the floor). One run of the command line
 takes them all: readable ones must give the same lesion probability as the clean file
 (or a mask on their own grid where their geometry differs), broken ones exactly one line
 naming the file, and the run exit 1 naming the failed cases, with no traceback.
