@@ -163,7 +163,7 @@ class TorchOps:
 
     @staticmethod
     def divide_(a, b):
-        return a / b
+        return a.div_(b)
 
     @staticmethod
     def permute_flip(a, perm, flips):

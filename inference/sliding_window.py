@@ -73,8 +73,6 @@ def plan_tiles(shape, patch, step, body=None) -> list[Tile]:
 class _Numpy(NumpyOps):
     """numpy's operations and the window's own: tiles gathered into a reused buffer."""
 
-    as_array = staticmethod(NumpyOps.from_host)
-
     def __init__(self, like):
         self.buffer = None
 
@@ -100,9 +98,6 @@ class _Numpy(NumpyOps):
 
 class _Torch(TorchOps):
     """torch's operations and the window's own, on the volume's device."""
-
-    def as_array(self, a):
-        return self.from_host(a)
 
     def gather(self, volume, chunk, patch, half):
         return self.torch.stack([self.tile_input(volume, t, patch, half) for t in chunk])
@@ -178,7 +173,7 @@ def sliding_window(
             body = np.pad(body, ((0, 0), (0, pad_y), (0, pad_x)))
     shape = volume.shape
     weight_np = gaussian_importance(patch)
-    weight = ops.as_array(weight_np)
+    weight = ops.from_host(weight_np)
     half = context // 2
     tiles = plan_tiles(shape, patch, step, body)
     log.debug("%d tiles of %dx%d for a %s volume", len(tiles), py, px, tuple(shape))
@@ -233,6 +228,6 @@ def _normalisers(tiles, shape, weight_np, ops):
         by_slice.setdefault(t.z, []).append((t.y, t.x))
     for z, starts in by_slice.items():
         slice_layout[z] = layouts.setdefault(tuple(starts), len(layouts))
-    planes = ops.as_array(np.stack([weight_sum_plane(starts, shape[1:], weight_np)
+    planes = ops.from_host(np.stack([weight_sum_plane(starts, shape[1:], weight_np)
                                     for starts in layouts])) if layouts else None
     return slice_layout, planes

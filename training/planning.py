@@ -141,17 +141,18 @@ def summarise(cases: list[dict]) -> dict:
 def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 192),
               batch_size: int = 4, context_slices: int = 3, smoothing: bool = False,
               sam: str | None = None, sam_checkpoint=None,
-              sam_options: dict | None = None) -> Plan:
+              sam_options: dict | None = None, checkpoint_checked: bool = False) -> Plan:
     """The plan from a fingerprint (see the module docstring for each default).
 
     ``sam_options``: NetworkConfig fields of the SAM branch's input (``sam_input``,
     ``sam_resize``, ``sam_normalization``) over the kind's defaults; None leaves one as is.
+    ``checkpoint_checked``: the caller has already loaded ``sam_checkpoint`` into this
+    network (``run_plan`` does, before reading the dataset), so it is not loaded again.
     """
     if target_spacing is None:
         sx, sy, sz = fp["median_spacing"]
         inplane = round(2 * (sx + sy) / 2, 2)
         target_spacing = (inplane, inplane, round(max(sz, 3.0), 2))
-    config = get_config(preset, patch_size=tuple(patch), in_channels=context_slices)
     fg = fp.get("foreground")
     if fg is None:
         log.warning("no labelled lesion in the dataset; using the default CT normalisation")
@@ -159,10 +160,8 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
     else:
         norm = Normalization(clip_low=round(fg["p00_5"], 1), clip_high=round(fg["p99_5"], 1),
                              mean=round(fg["mean"], 2), std=round(max(fg["std"], 1.0), 2))
-    if sam is not None:
-        config = with_sam(config, sam)
-    config = _with_sam_options(config, sam_options or {}, norm)
-    checkpoint = _checked_sam_checkpoint(config, sam_checkpoint)
+    config = _network_config(preset, patch, context_slices, sam, sam_options, norm)
+    checkpoint = _checked_sam_checkpoint(config, sam_checkpoint, load=not checkpoint_checked)
     post = PostProcessing()
     volumes = fp.get("lesion_volumes_mm3")
     if volumes:
@@ -173,6 +172,14 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
                 preset=preset, batch_size=batch_size, normalization=norm,
                 postprocessing=post, smoothing=smoothing, network=config,
                 sam_checkpoint=checkpoint).validate("plan")
+
+
+def _network_config(preset, patch, context_slices, sam, sam_options, norm: Normalization):
+    """The preset's network at this patch and context, with the SAM kind and options."""
+    config = get_config(preset, patch_size=tuple(patch), in_channels=context_slices)
+    if sam is not None:
+        config = with_sam(config, sam)
+    return _with_sam_options(config, sam_options or {}, norm)
 
 
 def _with_sam_options(config, options: dict, norm: Normalization):
@@ -190,8 +197,9 @@ def _with_sam_options(config, options: dict, norm: Normalization):
     return config
 
 
-def _checked_sam_checkpoint(config, path) -> str | None:
-    """The checkpoint's absolute path once it is shown to fit the network's SAM encoder."""
+def _checked_sam_checkpoint(config, path, load: bool = True) -> str | None:
+    """The checkpoint's absolute path once it is shown (``load``) to fit the network's SAM
+    encoder."""
     if config.sam_frozen and path is None:
         raise ModelConfigError(f"--sam {config.sam_kind} is a pretrained, frozen encoder: "
                                "give its weights with --sam-checkpoint FILE")
@@ -199,23 +207,25 @@ def _checked_sam_checkpoint(config, path) -> str | None:
         return None
     if not config.sam:
         raise ModelConfigError("--sam-checkpoint needs a SAM branch (not --sam none)")
-    from inference.model import NnSam
-    from inference.sam_encoders import load_sam_checkpoint
+    if load:
+        from inference.model import NnSam
+        from inference.sam_encoders import load_sam_checkpoint
 
-    load_sam_checkpoint(NnSam(config), path)  # one line naming the first misfit
+        load_sam_checkpoint(NnSam(config), path)  # one line naming the first misfit
     return str(Path(path).resolve())
 
 
 def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),
              batch_size=4, progress=True, smoothing=False, sam=None, sam_checkpoint=None,
              sam_options=None) -> Plan:
-    if sam is not None or sam_checkpoint is not None:
-        # a checkpoint that does not fit is refused before the dataset is read
-        config = get_config(preset, patch_size=tuple(patch))
-        _checked_sam_checkpoint(with_sam(config, sam) if sam else config, sam_checkpoint)
+    # a checkpoint that does not fit is refused before the dataset is read (the CT window,
+    # which only the dataset gives, does not change the encoder)
+    _checked_sam_checkpoint(_network_config(preset, patch, 3, sam, sam_options,
+                                            Normalization()), sam_checkpoint)
     fp = fingerprint(dataset, progress=progress)
     plan = make_plan(fp, target_spacing, preset, patch, batch_size, smoothing=smoothing,
-                     sam=sam, sam_checkpoint=sam_checkpoint, sam_options=sam_options)
+                     sam=sam, sam_checkpoint=sam_checkpoint, sam_options=sam_options,
+                     checkpoint_checked=True)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fp_path = output.parent / FINGERPRINT
