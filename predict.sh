@@ -4,5 +4,11 @@
 set -eu
 INPUT_DIR="${INPUT_DIR:-/workspace/inputs}"
 OUTPUT_DIR="${OUTPUT_DIR:-/workspace/outputs}"
-cd "$(dirname "$0")"
+# The package is found beside this script without changing into its folder, so relative
+# paths (the folders, any option's file) stay the caller's; PYTHONSAFEPATH keeps a folder
+# of the caller's named like the package from being imported instead.
+HERE="$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)"
+PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
+PYTHONSAFEPATH=1
+export PYTHONPATH PYTHONSAFEPATH
 exec python3 -m inference -i "$INPUT_DIR" -o "$OUTPUT_DIR" --disable-progress-bar "$@"

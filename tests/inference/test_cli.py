@@ -107,6 +107,22 @@ def test_predict_sh_runs_on_a_workspace_folder(inputs, tmp_path, tiny_weights):
     check_outputs(workspace_in, workspace_out, ["lps", "ras"])
 
 
+def test_predict_sh_takes_relative_paths_from_the_callers_folder(inputs, tmp_path,
+                                                                 tiny_weights):
+    # cd X && INPUT_DIR=in OUTPUT_DIR=out sh /path/to/predict.sh: X/in is read, X/out written
+    shutil.copytree(inputs, tmp_path / "in")
+    (tmp_path / "w").symlink_to(tiny_weights)
+    (tmp_path / "inference").mkdir()  # a folder of the caller's is not the package
+    (tmp_path / "inference" / "__init__.py").write_text("raise SystemExit('wrong package')")
+    env = {**os.environ, "INPUT_DIR": "in", "OUTPUT_DIR": "out"}
+    result = subprocess.run(["sh", str(ROOT / "predict.sh"), "--weights", "w",
+                             "--timings-json", "t.json"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    check_outputs(tmp_path / "in", tmp_path / "out", ["lps", "ras"])
+    assert len(json.loads((tmp_path / "t.json").read_text())["cases"]) == 2
+
+
 def test_bad_inputs_fail_alone_with_one_line_each(tmp_path, tiny_weights):
     inputs = tmp_path / "in"
     good = write_phantom_case(inputs, "good", 3)
