@@ -175,9 +175,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
     # The voxels first: isal releases the GIL, so the read-ahead overlaps the imports.
     array = None if itk_voxels else _read_voxels(path, header)
     sitk = simpleitk()
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("NiftiImageIO")
-    reader.SetFileName(str(path))
+    reader = _itk_reader(path)
     try:
         if itk_voxels:
             image = reader.Execute()
@@ -271,9 +269,8 @@ def _read_voxels(path: Path, header: _Header) -> np.ndarray:
                          "file again")
     if not array.dtype.isnative:
         array = array.byteswap().view(array.dtype.newbyteorder("="))
-    slope, inter = struct.unpack_from(endian + "2f", header.raw, 112)
-    if slope != 0 and np.isfinite(slope) and (slope, inter) != (1, 0):
-        inter = inter if np.isfinite(inter) else 0.0
+    if (scaling := _scaling(header.raw)) is not None:
+        slope, inter = scaling
         return (array * np.float64(slope) + np.float64(inter)).astype(np.float32)
     return array if array.dtype in _KEPT_TYPES else array.astype(np.float32)
 
@@ -428,9 +425,39 @@ def voxel_bytes(path: str | os.PathLike) -> int | None:
     return header.end_of_data - header.vox_offset
 
 
-def check_complete(path: str | os.PathLike) -> None:
-    """InputError unless ``path`` is a whole NIfTI-1 file (header and every voxel byte)."""
-    _inspect(Path(path))
+def check_mask_of(mask: str | os.PathLike, image: str | os.PathLike) -> None:
+    """InputError unless ``mask`` is a whole uint8 {0, 1} file on ``image``'s exact grid
+    (size, spacing, origin and direction as ITK reads both): a mask ``--continue`` keeps."""
+    mask = Path(mask)
+    header = _inspect(mask)
+    if header.datatype != _UINT8 or _scaling(header.raw) is not None:
+        kind = np.dtype(_NUMPY_TYPES[header.datatype]).name
+        raise InputError(f"{mask}: its voxels are {kind}{' scaled' * (kind == 'uint8')}, "
+                         "not a uint8 mask")
+    for what, mine, theirs in zip(("size", "spacing", "origin", "direction"),
+                                  _itk_grid(mask), _itk_grid(Path(image))):
+        if mine != theirs:
+            raise InputError(f"{mask}: its {what} {_g(mine)} is not the input's {_g(theirs)}")
+    if _read_voxels(mask, header).max(initial=0) > 1:
+        raise InputError(f"{mask}: holds values other than 0 and 1")
+
+
+def _itk_grid(path: Path) -> tuple[tuple, tuple, tuple, tuple]:
+    """Size, spacing, origin and direction as ITK reads them from the header."""
+    reader = _itk_reader(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot be read as NIfTI ({_itk_reason(error)})") from None
+    return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+
+
+def _itk_reader(path: Path):
+    """ITK's NIfTI reader, set to read ``path``."""
+    reader = simpleitk().ImageFileReader()
+    reader.SetImageIO("NiftiImageIO")
+    reader.SetFileName(str(path))
+    return reader
 
 
 def _gunzip_head(stream: BinaryIO, start: bytes, path: Path) -> bytes:
@@ -562,8 +589,7 @@ def _check_air(array: np.ndarray, low: float, high: float, header: _Header,
     """
     if low < AIR_HU:
         return array
-    slope, inter = struct.unpack_from(_endian(header.raw) + "2f", header.raw, 112)
-    scaled = slope != 0 and np.isfinite(slope) and (slope, inter) != (1, 0)
+    scaled = _scaling(header.raw) is not None
     if header.datatype == _UINT8 and not scaled:
         raise InputError(f"{path}: 8-bit voxels ({low:g} to {high:g}) without scaling cannot "
                          "be a CT in Hounsfield units (a display image?): export the CT "
@@ -589,8 +615,20 @@ def _itk_reason(error: Exception) -> str:
     return re.sub(r"^\w+ \(0x[0-9a-fA-F]+\):\s*", "", reason)
 
 
+def _scaling(raw: bytes) -> tuple[float, float] | None:
+    """(scl_slope, scl_inter) when the header scales the voxels, as ITK applies them; else None."""
+    slope, inter = struct.unpack_from(_endian(raw) + "2f", raw, 112)
+    if slope != 0 and np.isfinite(slope) and (slope, inter) != (1, 0):
+        return slope, (inter if np.isfinite(inter) else 0.0)
+    return None
+
+
 def _x(dims: Sequence[int]) -> str:
     return "x".join(str(d) for d in dims)
+
+
+def _g(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 # ----------------------------------------------------------------------------- writing

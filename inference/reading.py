@@ -22,8 +22,9 @@ def cases_to_do(cases: list[tuple[str, Path]], output_dir: Path,
                 skip_existing: bool) -> list[tuple[str, Path]]:
     """The cases a run predicts: all, or with ``--continue`` those without a complete mask.
 
-    A mask counts as written only if it is a whole NIfTI file (header, and all the voxels
-    its header describes): a 0-byte or cut-off file left by a killed run is done again.
+    A mask counts as written only if it is this case's: a whole uint8 {0, 1} NIfTI file on
+    the input's exact grid. A 0-byte or cut-off file left by a killed run, or another
+    case's or tool's file, is done again.
     """
     if not skip_existing:
         return list(cases)
@@ -32,7 +33,7 @@ def cases_to_do(cases: list[tuple[str, Path]], output_dir: Path,
         mask = Path(output_dir) / f"{case}.nii.gz"
         if mask.exists():
             try:
-                nifti.check_complete(mask)
+                nifti.check_mask_of(mask, path)
                 continue
             except nifti.InputError as error:
                 log.warning("--continue: %s; predicting %s again", error, case)

@@ -1,13 +1,16 @@
 """Interruptions: a killed worker, SIGTERM, temporaries left by a killed run, --continue."""
 
 import fcntl
+import gzip
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import SimpleITK as sitk
 
 from inference.folders import remove_stale_temporaries
 from inference.supervise import supervise
@@ -197,6 +200,31 @@ def test_continue_redoes_empty_and_cut_off_masks(tmp_path, tiny_weights):
                    for line in again.stderr.splitlines()) == 1, again.stderr
     assert (out / "done.nii.gz").stat().st_mtime_ns == kept
     check_outputs(inputs, out, ["done", "empty", "cut"])
+
+
+def test_continue_redoes_a_mask_that_is_not_this_cases(tmp_path, tiny_weights):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    wrong = ("small", "ct_copy", "moved", "label_2")
+    for i, case in enumerate(("done", *wrong)):
+        write_phantom_case(inputs, case, i)
+    assert run_cli(inputs, out, tiny_weights, "--device", "cpu").returncode == 0
+    kept = (out / "done.nii.gz").stat().st_mtime_ns
+    sitk.WriteImage(sitk.Image([16, 16, 8], sitk.sitkUInt8), str(out / "small.nii.gz"))
+    shutil.copy(inputs / "ct_copy_0000.nii.gz", out / "ct_copy.nii.gz")  # the int16 CT itself
+    moved = sitk.ReadImage(str(out / "moved.nii.gz"))
+    moved.SetOrigin([v + 1.0 for v in moved.GetOrigin()])
+    sitk.WriteImage(moved, str(out / "moved.nii.gz"))
+    raw = bytearray(gzip.decompress((out / "label_2.nii.gz").read_bytes()))
+    raw[-1] = 2  # its own header and grid, a value that is not 0 or 1
+    (out / "label_2.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    again = run_cli(inputs, out, tiny_weights, "--device", "cpu", "--continue")
+    assert again.returncode == 0, again.stderr
+    assert "--continue: 1 of 5 cases already written" in again.stderr
+    for case in wrong:
+        said = [line for line in again.stderr.splitlines() if f"predicting {case} again" in line]
+        assert len(said) == 1, again.stderr
+    assert (out / "done.nii.gz").stat().st_mtime_ns == kept
+    check_outputs(inputs, out, ["done", *wrong])
 
 
 def test_under_a_tight_memory_limit_the_next_case_is_read_after_this_one(tmp_path,
