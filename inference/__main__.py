@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_escape_controls)
     from inference import folders
     from inference.supervise import signal_name, supervise
 
@@ -186,6 +189,24 @@ def _say_what_is_ignored(folder: Path) -> None:
         shown = "; ".join(f"{name} ({why})" for name, why in ignored[:5])
         more = f"; and {len(ignored) - 5} more" if len(ignored) > 5 else ""
         log.warning("ignored in %s: %s%s", folder, shown, more)
+
+
+# C0 and C1 control characters, and the lone surrogates that stand for a file name's bytes
+# that are not UTF-8 (os.fsdecode)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_controls(record: logging.LogRecord) -> bool:
+    """Write control characters as escapes (``\\r``, ``\\x1b``) and a name's undecodable
+    bytes as ``\\xNN``: a file named with a carriage return or a terminal escape sequence
+    cannot rewrite what the log shows. Tracebacks, added after the message, keep their lines."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xdc00:02x}" if 0xdc80 <= code <= 0xdcff else \
+            repr(match.group())[1:-1]
+
+    record.msg, record.args = _CONTROLS.sub(escape, record.getMessage()), None
+    return True
 
 
 def _uses_torch(args) -> bool:

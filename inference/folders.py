@@ -30,7 +30,8 @@ class InputError(Exception):
     """A problem with one input that the user can fix; str() is one line naming the file."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        # lines joined into one; other characters kept (a file name's are logged escaped)
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
 
 
 def list_cases(input_dir: str | os.PathLike) -> list[tuple[str, Path]]:

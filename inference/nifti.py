@@ -171,6 +171,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
     them through ITK instead (the reference the tests compare against).
     """
     path = Path(path)
+    _itk_name(path)
     header = _inspect(path)
     # The voxels first: isal releases the GIL, so the read-ahead overlaps the imports.
     array = None if itk_voxels else _read_voxels(path, header)
@@ -456,8 +457,19 @@ def _itk_reader(path: Path):
     """ITK's NIfTI reader, set to read ``path``."""
     reader = simpleitk().ImageFileReader()
     reader.SetImageIO("NiftiImageIO")
-    reader.SetFileName(str(path))
+    reader.SetFileName(_itk_name(path))
     return reader
+
+
+def _itk_name(path: Path) -> str:
+    """``path`` as ITK takes it, UTF-8 text: a name whose bytes are not UTF-8 would abort
+    the process inside ITK, so it is refused in one line before ITK sees it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{path}: the file name is not valid UTF-8, which ITK cannot open: "
+                         "rename the file") from None
+    return str(path)
 
 
 def _gunzip_head(stream: BinaryIO, start: bytes, path: Path) -> bytes:

@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "data" / "real"
 
 
-def run_cli(inputs, outputs, weights, *extra):
+def run_cli(inputs, outputs, weights, *extra, text=True):
+    """The command line in a subprocess; ``text=False`` keeps its output as raw bytes."""
     cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs),
            "--weights", str(weights), "--disable-progress-bar", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=text, timeout=600)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:

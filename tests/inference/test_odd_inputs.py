@@ -8,6 +8,7 @@ naming the file, and the run exit 1 naming the failed cases, with no traceback.
 """
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -181,3 +182,43 @@ def test_a_folder_named_like_a_case_alone_gets_a_clear_message(tmp_path, tiny_we
     assert result.returncode == 2
     assert "case_0000.nii.gz (a folder, not a file)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- the second
+# catalogue: hostile names and files, each run on its own beside good cases
+
+
+def _clean_case() -> bytes:
+    return gzip.compress(nifti1(_phantom_hu(), spacing=SPACING), 1)
+
+
+def test_a_name_that_is_not_utf8_is_refused_in_one_line_and_the_others_go_on(tmp_path,
+                                                                           tiny_weights):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in (b"a", b"c\xff", b"d"):  # read ahead, predicted, read ahead again
+        with open(os.fsencode(inputs) + b"/" + name + b"_0000.nii.gz", "wb") as f:
+            f.write(_clean_case())
+    result = run_cli(inputs, outputs, tiny_weights, "--device", "cpu")
+    assert result.returncode == 1, result.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "d.nii.gz"]
+    mine = [line for line in result.stderr.splitlines() if "c\\xff_0000.nii.gz" in line]
+    assert len(mine) == 1 and "not valid UTF-8" in mine[0], result.stderr
+    assert result.stderr.splitlines()[-1] == "1 of 3 cases failed: c\\xff"
+    assert "Traceback" not in result.stderr and "killed" not in result.stderr
+
+
+def test_names_are_logged_with_control_characters_escaped(tmp_path, tiny_weights):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "good_0000.nii.gz").write_bytes(_clean_case())
+    (inputs / "bad\r0 errors, all fine_0000.nii.gz").write_bytes(b"")
+    (inputs / "notes\x1b[2J.txt").write_bytes(b"")
+    result = run_cli(inputs, outputs, tiny_weights, "--device", "cpu", text=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "\r" not in err and "\x1b" not in err, err
+    assert "notes\\x1b[2J.txt (not named" in err
+    said = [line for line in err.splitlines() if "bad\\r0 errors, all fine_0000.nii.gz" in line]
+    assert len(said) == 1 and "empty (0 bytes)" in said[0], err
+    assert err.splitlines()[-1] == "1 of 2 cases failed: bad\\r0 errors, all fine"
