@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 import os
 import re
+import stat
 import time
 import uuid
 from contextlib import contextmanager
@@ -87,9 +88,29 @@ def _why_ignored(folder: Path, name: str) -> str | None:
         return f"not named <case>{CASE_SUFFIX}"
     if len(name) == len(CASE_SUFFIX):
         return "no case name before _0000"
-    if (folder / name).is_dir():
+    return not_a_file(folder / name)
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` (its link followed) is not a regular file to read, or None if it is one.
+
+    A FIFO would wait for a writer for ever. A broken link or a loop gives None: it is
+    read as a case, and the read says what is wrong with it.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
         return "a folder, not a file"
-    return None
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"{kind}, not a regular file"
 
 
 def shard(cases: Sequence, num_parts: int, part_id: int) -> list:

@@ -45,7 +45,7 @@ from typing import BinaryIO, Sequence
 
 import numpy as np
 
-from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary
+from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary, not_a_file
 
 try:  # isal inflates/deflates 2-3x faster than zlib; fall back when it is absent
     from isal import igzip as _gzip
@@ -382,10 +382,10 @@ class _Inflater(io.RawIOBase):
 
 def _inspect(path: Path) -> _Header:
     """Header and completeness checks that cost milliseconds, before ITK reads anything."""
+    if (why := not_a_file(path)) is not None:  # a FIFO would block the open
+        raise InputError(f"{path}: {why}")
     try:
         size = path.stat().st_size
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, not a NIfTI file")
         with open(path, "rb") as stream:
             start = stream.read(1 << 16)
             compressed = start[:2] == _GZIP_MAGIC

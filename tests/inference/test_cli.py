@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,20 @@ ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "data" / "real"
 
 
-def run_cli(inputs, outputs, weights, *extra, text=True):
-    """The command line in a subprocess; ``text=False`` keeps its output as raw bytes."""
+def run_cli(inputs, outputs, weights, *extra, text=True, timeout=600):
+    """The command line in a subprocess; ``text=False`` keeps its output as raw bytes. A run
+    past ``timeout`` is killed with its worker (TimeoutExpired), so none is left behind."""
     cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs),
            "--weights", str(weights), "--disable-progress-bar", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=text, timeout=600)
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=text, start_new_session=True) as run:
+        try:
+            out, err = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, run.returncode, out, err)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:

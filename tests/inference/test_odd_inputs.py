@@ -222,3 +222,19 @@ def test_names_are_logged_with_control_characters_escaped(tmp_path, tiny_weights
     said = [line for line in err.splitlines() if "bad\\r0 errors, all fine_0000.nii.gz" in line]
     assert len(said) == 1 and "empty (0 bytes)" in said[0], err
     assert err.splitlines()[-1] == "1 of 2 cases failed: bad\\r0 errors, all fine"
+
+
+def test_a_fifo_named_like_a_case_is_ignored_not_waited_for(tmp_path, tiny_weights):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    os.mkfifo(inputs / "aa_0000.nii.gz")  # sorts first: reading it would wait for ever
+    (inputs / "b_0000.nii.gz").write_bytes(_clean_case())
+    (inputs / "c_0000.nii.gz").symlink_to(inputs / "b_0000.nii.gz")  # a link to a file is one
+    result = run_cli(inputs, outputs, tiny_weights, "--device", "cpu", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "aa_0000.nii.gz (a FIFO, not a regular file)" in result.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == ["b.nii.gz", "c.nii.gz"]
+    os.unlink(inputs / "b_0000.nii.gz")
+    os.unlink(inputs / "c_0000.nii.gz")
+    alone = run_cli(inputs, outputs, tiny_weights, "--device", "cpu", timeout=120)
+    assert alone.returncode == 2 and "aa_0000.nii.gz (a FIFO" in alone.stderr
