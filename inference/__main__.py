@@ -78,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _open_closed_streams()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
@@ -235,12 +236,29 @@ def _torch_after_read(first_read) -> None:
     wait([first_read.future])
 
 
+def _open_closed_streams() -> None:
+    """/dev/null in place of a standard stream the caller closed (``2>&-``): the log then
+    goes nowhere instead of failing, and no file opened later takes descriptor 0, 1 or 2,
+    where native libraries would write their messages into it."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
 def _exit_now(code: int) -> None:
     """Leave without the interpreter's teardown (freeing every array, destroying the CUDA
     context): the masks are written and closed, and the organisers time the whole run."""
+    from inference.supervise import flush_streams
+
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_streams()
     os._exit(code)
 
 

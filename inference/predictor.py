@@ -9,6 +9,7 @@ Training's threshold search and pseudo-labelling use this same class.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -175,7 +176,8 @@ class Predictor:
             elif todo:
                 pending = reader.submit(timed_read, todo[0][1])
             for i, (case, path) in enumerate(tqdm(todo, desc="cases", unit="case",
-                                                  disable=not show_progress)):
+                                                  disable=not show_progress,
+                                                  file=_Lossy(sys.stderr))):
                 future, pending = pending, None
                 ahead = i + 1 < len(todo) and self._may_read_ahead(path, todo[i + 1][1])
                 if ahead:
@@ -234,6 +236,28 @@ class Predictor:
         writes.append((result, writer.submit(_timed_write, mask, probability, grid,
                                              output_dir, case)))
         return result
+
+
+class _Lossy:
+    """The progress bar's stream: a reader that went away (EPIPE) costs the bar, not the case."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):
+            pass
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def _lap(start: float) -> float:

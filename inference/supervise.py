@@ -121,8 +121,7 @@ def _run_worker(cases: list, work,
                 replacement: bool) -> tuple[int, set[int], set[int], set[int]]:
     """Fork, let the child run ``work`` on ``cases``; (wait status, started, ended, failed)."""
     read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_streams()
     pid = os.fork()
     if pid == 0:  # the worker
         os.close(read_end)
@@ -138,8 +137,7 @@ def _run_worker(cases: list, work,
             code = 1
         finally:
             logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            flush_streams()
             os._exit(code)  # no interpreter teardown (see inference.__main__)
     os.close(write_end)
     forwarded = _forward_signals(pid)
@@ -154,6 +152,16 @@ def _run_worker(cases: list, work,
         for each, previous in forwarded.items():
             signal.signal(each, previous)
     return status, marks["start"], marks["end"] | marks["fail"], marks["fail"]
+
+
+def flush_streams() -> None:
+    """Flush stdout and stderr; a stream whose reader is gone (EPIPE) loses its text, and
+    the process (a forked worker above all, which must reach its ``os._exit``) goes on."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _forward_signals(pid: int) -> dict:

@@ -134,6 +134,25 @@ def test_predict_sh_takes_relative_paths_from_the_callers_folder(inputs, tmp_pat
     assert len(json.loads((tmp_path / "t.json").read_text())["cases"]) == 2
 
 
+@pytest.mark.parametrize("streams", ["2>&-", "<&- >&- 2>&-", "broken pipe"])
+def test_closed_or_broken_standard_streams_cost_nothing(inputs, tmp_path, tiny_weights,
+                                                        streams):
+    # a harness may close any stream, or stop reading the pipe it gave
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(out), "--weights",
+           str(tiny_weights), "--device", "cpu"]
+    if streams == "broken pipe":
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        result = subprocess.run(cmd, cwd=ROOT, stdout=write_end, stderr=write_end, timeout=600)
+        os.close(write_end)
+    else:
+        result = subprocess.run(["sh", "-c", f'exec "$@" {streams}', "sh", *cmd], cwd=ROOT,
+                                timeout=600)
+    assert result.returncode == 0
+    check_outputs(inputs, out, ["lps", "ras"])
+
+
 def test_bad_inputs_fail_alone_with_one_line_each(tmp_path, tiny_weights):
     inputs = tmp_path / "in"
     good = write_phantom_case(inputs, "good", 3)
