@@ -48,6 +48,25 @@ def host_memory_limit_mb() -> float | None:
     return None
 
 
+def host_memory() -> tuple[int, str]:
+    """Bytes of memory this process may use, and what sets them: the container's limit,
+    or the machine's memory where there is none."""
+    import os
+
+    limit = host_memory_limit_mb()
+    if limit is not None:
+        return int(limit * 2**20), "the container's memory limit"
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the machine's memory"
+
+
+def more_than_memory(need: int) -> str | None:
+    """``None`` when ``need`` bytes fit in ``host_memory``; else the words that say not."""
+    available, what = host_memory()
+    if need <= available:
+        return None
+    return f"{need / 2**30:.1f} GiB, more than {what} ({available / 2**30:.1f} GiB)"
+
+
 def resident_mb() -> float:
     """This process's resident memory now, MB (0 where /proc is missing)."""
     try:

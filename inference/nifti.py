@@ -45,6 +45,7 @@ from typing import BinaryIO, Sequence
 
 import numpy as np
 
+from inference.budget import more_than_memory
 from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary, not_a_file
 
 try:  # isal inflates/deflates 2-3x faster than zlib; fall back when it is absent
@@ -404,12 +405,23 @@ def _inspect(path: Path) -> _Header:
     if any(d > 1 for d in dims[3:]):
         raise InputError(f"{path}: a {len(dims)}D image of size {_x(dims)}: only one 3D CT "
                          "volume per file is supported; save each volume as its own file")
+    _check_fits_in_memory(header, path)
     if compressed:
         header = dataclasses.replace(header, trailer_ok=_check_gzip_complete(path, header, size))
     elif size < header.end_of_data:
         raise InputError(f"{path}: truncated: the header describes {header.end_of_data} bytes "
                          f"but the file holds {size}; copy it again")
     return header
+
+
+def _check_fits_in_memory(header: _Header, path: Path) -> None:
+    """InputError when the voxels alone take more memory than there is: the header tells
+    before the array is allocated (or a gzip of zeros inflated for minutes)."""
+    too_much = more_than_memory(header.end_of_data - header.vox_offset)
+    if too_much is not None:
+        kind = np.dtype(_NUMPY_TYPES[header.datatype]).name
+        raise InputError(f"{path}: {_x(header.shape[:3])} {kind} voxels take {too_much}: "
+                         "crop or downsample the scan, or give the run more memory")
 
 
 def voxel_bytes(path: str | os.PathLike) -> int | None:

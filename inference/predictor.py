@@ -20,8 +20,8 @@ import numpy as np
 from inference import nifti
 from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
                                 resolve_device)
-from inference.budget import (CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, host_memory_limit_mb,
-                              may_read_ahead, memory_fraction)
+from inference.budget import (CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, host_memory,
+                              host_memory_limit_mb, may_read_ahead, memory_fraction)
 from inference.pipeline import decide, network_probability
 from inference.plans import Plan
 from inference.preprocess import Prepared, preprocess, restore, restore_probability
@@ -124,7 +124,10 @@ class Predictor:
         result = CaseResult(case=str(volume.path or "array"))
         t = time.perf_counter()
         shape = volume.array.shape
-        prepared = self.prepare(volume)
+        try:
+            prepared = self.prepare(volume)
+        except nifti.InputError as error:
+            raise nifti.InputError(f"{volume.path or 'the volume'}: {error}") from None
         if release_input:
             volume.array = None
         result.timings["preprocess"] = _lap(t)
@@ -184,8 +187,8 @@ class Predictor:
                     pending = reader.submit(timed_read, todo[i + 1][1])
                 if report is not None:
                     report.started(i)
-                result = self._run_one(case, future, output_dir, writer, save_probabilities,
-                                       writes)
+                result = self._run_one(case, path, future, output_dir, writer,
+                                       save_probabilities, writes)
                 if not ahead and i + 1 < len(todo):  # read once this case's data is freed
                     pending = reader.submit(timed_read, todo[i + 1][1])
                 if result.error and report is not None:
@@ -216,7 +219,8 @@ class Predictor:
                      self.memory_limit_mb)
         return ahead
 
-    def _run_one(self, case, future, output_dir, writer, save_probabilities, writes):
+    def _run_one(self, case, path, future, output_dir, writer, save_probabilities,
+                 writes):
         result = CaseResult(case=case)
         try:
             volume, read_s = future.result()
@@ -224,6 +228,12 @@ class Predictor:
                                      release_input=True)
         except nifti.InputError as error:
             result.error = str(error)
+            log.error("%s", result.error)
+            return result
+        except MemoryError as error:  # past the header's checks: one line, no traceback
+            available, what = host_memory()
+            result.error = (f"{path}: out of memory ({error}); {what} is "
+                            f"{available / 2**30:.1f} GiB")
             log.error("%s", result.error)
             return result
         except Exception as error:  # our bug: keep the traceback, go on with the next case

@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 
 from inference.arrays import array_ops
+from inference.budget import more_than_memory
+from inference.folders import InputError
 from inference.geometry import Reorientation, body_box
 from inference.plans import Plan
 from inference.resample import resize_linear
@@ -105,6 +107,7 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
         return Prepared(None, None, reorientation, oriented.shape, None, spacing)
     crop = oriented[box]
     shape = network_shape(crop.shape, spacing, plan.target_spacing[::-1])
+    _check_fits_in_memory(crop.shape, shape, spacing, plan)
     widths = smoothing_widths(spacing, plan.target_spacing[::-1]) if plan.smoothing else None
     resampled = _resize_in_slabs(crop, shape, widths, to_device)
     del crop
@@ -116,6 +119,19 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
                         zip((b.stop - b.start for b in box), spacing, shape))
     return Prepared(resampled, body_mask(resampled, plan), reorientation, oriented.shape, box,
                     net_spacing)
+
+
+def _check_fits_in_memory(crop_shape, shape, spacing_zyx, plan: Plan) -> None:
+    """InputError when the resampled volume (or its in-plane stage, all the crop's slices
+    at the new plane size) alone takes more memory than there is: the sign of a voxel
+    spacing in the wrong unit, found before anything is allocated."""
+    need = 4 * max(int(np.prod(shape, dtype=np.int64)), crop_shape[0] * shape[1] * shape[2])
+    too_much = more_than_memory(need)
+    if too_much is not None:
+        xyz = lambda values: "x".join(f"{v:g}" for v in values[::-1])  # noqa: E731
+        raise InputError(f"its {xyz(spacing_zyx)} mm voxels make a {xyz(shape)} grid at the "
+                         f"plan's {xyz(plan.target_spacing[::-1])} mm, as float32 {too_much}: "
+                         "check the voxel spacing (pixdim) in the header")
 
 
 def pad_value(plan: Plan) -> float:

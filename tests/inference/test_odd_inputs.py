@@ -10,12 +10,14 @@ naming the file, and the run exit 1 naming the failed cases, with no traceback.
 import gzip
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.inference.test_cli import run_cli
+from tests.inference.test_cli import ROOT, run_cli
 from tests.inference.test_nifti import nifti1
 from training.phantoms import make_phantom
 
@@ -238,3 +240,57 @@ def test_a_fifo_named_like_a_case_is_ignored_not_waited_for(tmp_path, tiny_weigh
     os.unlink(inputs / "c_0000.nii.gz")
     alone = run_cli(inputs, outputs, tiny_weights, "--device", "cpu", timeout=120)
     assert alone.returncode == 2 and "aa_0000.nii.gz (a FIFO" in alone.stderr
+
+
+def _header_only(dims, spacing=SPACING) -> bytes:
+    """A .nii.gz whose header describes int16 voxels of ``dims`` (x, y, z) and whose gzip
+    trailer gives their size, holding only a few of them: what a reader sees before it
+    allocates the array."""
+    header = bytearray(nifti1(np.zeros((1, 1, 1), np.int16), spacing=spacing)[:352])
+    struct.pack_into("<3h", header, 42, *dims)
+    data = gzip.compress(bytes(header) + bytes(4096), 1)
+    size = 352 + 2 * int(np.prod(dims, dtype=np.int64))
+    return data[:-4] + struct.pack("<I", size % 2**32)
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_scan_too_large_for_memory_is_one_line_found_from_its_header(tmp_path,
+                                                                       tiny_weights):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    side = min(int((2 * _memory_bytes()) ** (1 / 3)) + 1, 32767)  # 4x the memory in int16
+    (inputs / "huge_0000.nii.gz").write_bytes(_header_only((side, side, side)))
+    wide = nifti1(_phantom_hu(), spacing=(1000.0, 1000.0, 1000.0))  # metres read as mm
+    (inputs / "wide_0000.nii.gz").write_bytes(gzip.compress(wide, 1))
+    (inputs / "good_0000.nii.gz").write_bytes(_clean_case())
+    result = run_cli(inputs, outputs, tiny_weights, "--device", "cpu")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == ["good.nii.gz"]
+    for name, words in (("huge", f"{side}x{side}x{side} int16 voxels"),
+                        ("wide", "1000 mm voxels")):
+        mine = [line for line in result.stderr.splitlines() if f"/{name}_0000.nii.gz" in line]
+        assert len(mine) == 1 and words in mine[0] and "memory" in mine[0], (name, mine)
+    assert result.stderr.splitlines()[-1] == "2 of 3 cases failed: huge, wide"
+
+
+def test_a_memory_error_that_still_happens_is_one_line(tmp_path, tiny_weights):
+    # an address-space limit that the header check does not know of: numpy fails to allocate
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "big_0000.nii.gz").write_bytes(_header_only((1024, 1024, 1536)))  # 3 GiB
+    (inputs / "good_0000.nii.gz").write_bytes(_clean_case())
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))"
+    code = f"{limit}\nfrom inference.__main__ import main, _exit_now\n_exit_now(main())"
+    result = subprocess.run([sys.executable, "-c", code, "-i", str(inputs), "-o", str(outputs),
+                             "--weights", str(tiny_weights), "--device", "cpu",
+                             "--backend", "onnx", "--disable-progress-bar"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    mine = [line for line in result.stderr.splitlines() if "/big_0000.nii.gz" in line]
+    assert len(mine) == 1 and "out of memory" in mine[0], result.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == ["good.nii.gz"]
