@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - not on Linux
 CASE_SUFFIX = "_0000.nii.gz"
 NIFTI_SUFFIX = ".nii.gz"
 TEMP_SUFFIX = ".partial"
+NAME_MAX = 255  # bytes in a file name on Linux file systems
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}(\.partial|\.nii\.gz)")
 
 
@@ -150,11 +151,13 @@ def atomic_temporary(out_path: Path) -> Iterator[Path]:
     """A hidden temporary beside ``out_path``, moved onto it only when complete.
 
     Its name ends in ``.partial``, never ``.nii.gz``: a run killed mid-write leaves nothing
-    a ``*.nii.gz`` listing returns. The writer holds a lock on it while it writes, so
+    a ``*.nii.gz`` listing returns. The case name in it is shortened where the whole name
+    would pass ``NAME_MAX`` bytes. The writer holds a lock on it while it writes, so
     ``remove_stale_temporaries`` can tell a dead run's file from a live run's.
     """
-    stem = out_path.name[: -len(NIFTI_SUFFIX)]
-    temporary = out_path.with_name(f".{stem}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+    tag = f".{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    stem = _within(out_path.name[: -len(NIFTI_SUFFIX)], NAME_MAX - 1 - len(tag))
+    temporary = out_path.with_name(f".{stem}{tag}")
     # 0o666 less the umask, like any new file: a temporary from mkstemp would stay 0o600.
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -169,6 +172,14 @@ def atomic_temporary(out_path: Path) -> Iterator[Path]:
         raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _within(name: str, size: int) -> str:
+    """``name`` cut to whole characters that take at most ``size`` bytes on disk: the
+    temporary's name is longer than the mask's, which may already fill ``NAME_MAX``."""
+    while len(os.fsencode(name)) > size:
+        name = name[:-1]
+    return name
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 5.0) -> list[Path]:

@@ -294,3 +294,18 @@ def test_a_memory_error_that_still_happens_is_one_line(tmp_path, tiny_weights):
     mine = [line for line in result.stderr.splitlines() if "/big_0000.nii.gz" in line]
     assert len(mine) == 1 and "out of memory" in mine[0], result.stderr
     assert sorted(p.name for p in outputs.iterdir()) == ["good.nii.gz"]
+
+
+def test_the_longest_case_names_a_file_system_allows_get_their_masks(tmp_path, tiny_weights):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    longest = 255 - len("_0000.nii.gz")  # bytes in a name, on most Linux file systems
+    names = ["x" * longest, "é" * (longest // 2) + "y" * (longest % 2)]  # 2 bytes a letter
+    for name in names:
+        (inputs / f"{name}_0000.nii.gz").write_bytes(_clean_case())
+    result = run_cli(inputs, outputs, tiny_weights, "--device", "cpu", "--save-probabilities")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == sorted(
+        [f"{name}.nii.gz" for name in names] + ["probabilities"])
+    assert sorted(p.name for p in (outputs / "probabilities").iterdir()) == sorted(
+        f"{name}.nii.gz" for name in names)
