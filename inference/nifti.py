@@ -174,6 +174,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
     path = Path(path)
     _itk_name(path)
     header = _inspect(path)
+    _check_transforms(header.raw, path)
     # The voxels first: isal releases the GIL, so the read-ahead overlaps the imports.
     array = None if itk_voxels else _read_voxels(path, header)
     sitk = simpleitk()
@@ -204,6 +205,30 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
     elif itk_voxels:  # converting from the view skips an intermediate copy in the file's type
         array = sitk.GetArrayViewFromImage(image).astype(np.float32)
     return CtVolume(_check_intensities(array, path, header), grid, path)
+
+
+# The fields of each transform, by the offset of its first float, with the code that puts
+# it in use: ITK places the voxels with them, and a NaN or inf there places them nowhere.
+_TRANSFORMS = (("qform_code", 252, (("quatern_b", 256), ("quatern_c", 260), ("quatern_d", 264),
+                                    ("qoffset_x", 268), ("qoffset_y", 272), ("qoffset_z", 276))),
+               ("sform_code", 254, (("srow_x", 280), ("srow_y", 296), ("srow_z", 312))))
+
+
+def _check_transforms(raw: bytes, path: Path) -> None:
+    """InputError when a transform in use (its code above 0) holds NaN or inf, before ITK
+    reads it (ITK would print its own matrix dumps and read a direction of NaN)."""
+    endian = _endian(raw)
+    for code_name, code_at, values in _TRANSFORMS:
+        if struct.unpack_from(endian + "h", raw, code_at)[0] <= 0:
+            continue
+        for name, at in values:
+            count = 4 if name.startswith("srow") else 1
+            bad = ["NaN" if np.isnan(v) else f"{v:g}"
+                   for v in struct.unpack_from(f"{endian}{count}f", raw, at) if not np.isfinite(v)]
+            if bad:
+                raise InputError(f"{path}: {name} holds {bad[0]} while {code_name} puts it in "
+                                 f"use: the voxels have no position; fix the header, or set "
+                                 f"{code_name} to 0")
 
 
 def _checked_spacing(spacing, direction, raw: bytes, path: Path) -> tuple[tuple, tuple]:

@@ -81,6 +81,11 @@ def _catalogue(hu: np.ndarray) -> dict[str, tuple[bytes, str]]:
         "nifti2": (z(_patch(clean, 0, "i", 540)), "NIfTI-2"),
         "analyze": (z(clean[:344] + b"ni1\0" + clean[348:]), "single-file magic"),
         "text": (b"patient,age\n1,54\n", "not a NIfTI file"),
+        # a transform in use that holds NaN or inf places the voxels nowhere
+        "nan_sform": (z(_patch(clean, 284, "f", float("nan"))), "srow_x holds NaN"),
+        "inf_sform": (z(_patch(clean, 312, "f", float("inf"))), "srow_z holds inf"),
+        "nan_qform": (z(_patch(_patch(clean, 252, "2h", 1, 0), 268, "f", float("nan"))),
+                      "qoffset_x holds NaN"),
     }
 
 
@@ -133,7 +138,7 @@ def test_every_readable_odd_input_gets_its_mask(catalogue_run):
 def test_every_broken_input_gets_one_line_and_the_run_says_which(catalogue_run):
     entries, inputs, outputs, result = catalogue_run
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "vnl_svd" not in result.stderr
     lines = result.stderr.splitlines()
     broken = sorted(n for n, (_, expect) in entries.items() if expect not in ("same", "mask"))
     for name in broken:
