@@ -89,6 +89,10 @@ def main(argv=None) -> int:
     try:
         cases = folders.shard(folders.list_cases(args.input), args.num_parts, args.part_id)
         folders.check_output_dir(args.output)
+        if args.save_probabilities:
+            folders.check_output_dir(args.output / "probabilities")
+        if args.timings_json is not None:
+            folders.check_output_file(args.timings_json, "--timings-json")
     except folders.InputError as error:
         log.error("error: %s", error)
         return 2
@@ -154,7 +158,12 @@ def _work(args, cases: list, report) -> int:
                             show_progress=not (args.quiet or args.disable_progress_bar),
                             first_read=first_read, report=_Reindexed(report, index))
     if args.timings_json:
-        _add_timings(args.timings_json, predictor, ready_s, results)
+        try:
+            _add_timings(args.timings_json, predictor, ready_s, results)
+        except OSError as error:
+            log.error("error: --timings-json %s cannot be written (%s)", args.timings_json,
+                      error.strerror or error)
+            return 1
     return 0
 
 

@@ -146,6 +146,19 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
+def check_output_file(path: str | os.PathLike, option: str) -> Path:
+    """Create the folder of an option's output file if missing and prove it writable, as
+    ``check_output_dir`` does for the masks: before the first case, not after the last."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder: name a file in it")
+    try:
+        check_output_dir(path.parent)
+    except InputError as error:
+        raise InputError(f"{option} {path}: {error}") from None
+    return path
+
+
 @contextmanager
 def atomic_temporary(out_path: Path) -> Iterator[Path]:
     """A hidden temporary beside ``out_path``, moved onto it only when complete.

@@ -201,7 +201,7 @@ class Predictor:
                 try:
                     result.timings["write"] = future.result()
                 except Exception as error:  # noqa: BLE001 - reported per case
-                    result.error = f"{result.case}: cannot write the mask ({error})"
+                    result.error = f"{result.case}: cannot write its files ({error})"
                     log.error(result.error)
                     continue
                 log.info("%s: %s", result.case, _format_timings(result))

@@ -210,6 +210,35 @@ def test_output_folder_that_cannot_be_created(inputs, tmp_path, tiny_weights):
     assert "Traceback" not in result.stderr
 
 
+def test_timings_json_into_a_missing_folder_creates_it(inputs, tmp_path, tiny_weights):
+    target = tmp_path / "new" / "deeper" / "t.json"
+    result = run_cli(inputs, tmp_path / "out", tiny_weights, "--device", "cpu",
+                     "--timings-json", str(target))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(target.read_text())["cases"]) == 2
+
+
+@pytest.mark.parametrize("option", ["timings in a file", "timings as a folder",
+                                    "probabilities folder is a file"])
+def test_an_option_whose_output_cannot_be_written_stops_before_any_case(inputs, tmp_path,
+                                                                        tiny_weights, option):
+    out, blocker = tmp_path / "out", tmp_path / "file"
+    blocker.write_text("not a folder")
+    extra, words = {
+        "timings in a file": (["--timings-json", str(blocker / "t.json")], "--timings-json"),
+        "timings as a folder": (["--timings-json", str(tmp_path)], "--timings-json"),
+        "probabilities folder is a file": (["--save-probabilities"], "probabilities"),
+    }[option]
+    out.mkdir()
+    (out / "probabilities").write_text("a file where the folder goes")
+    result = run_cli(inputs, out, tiny_weights, "--device", "cpu", *extra)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and words in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["probabilities"]
+
+
 def test_corrupt_weights_are_refused(tmp_path, tiny_weights, inputs):
     weights = tmp_path / "weights"
     shutil.copytree(tiny_weights, weights)
