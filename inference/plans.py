@@ -26,6 +26,18 @@ class PlanError(ValueError):
     """A plans.json that cannot be used; the message names the file and the field."""
 
 
+def _section(kind, data, where: str):
+    """A ``Normalization`` or ``PostProcessing`` from its JSON object; the values are
+    checked by ``Plan.validate``."""
+    names = [f.name for f in fields(kind)]
+    if not isinstance(data, dict):
+        raise PlanError(f"{where} must be an object of {', '.join(names)}, got {data!r}")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise PlanError(f"{where}: unknown field {unknown[0]!r}")
+    return kind(**data)
+
+
 @dataclass
 class Normalization:
     """CT normalisation: clip to foreground percentiles, then z-score."""
@@ -90,27 +102,30 @@ class Plan:
         def fail(message):
             raise PlanError(f"{source}: {message}")
 
-        def number(name, value, low, high, low_open=False):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+        def number(name, value, low, high, low_open=False, integer=False):
+            kind = (int,) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or \
                     not math.isfinite(value) or not (low < value if low_open else low <= value) \
                     or value > high:
-                fail(f"{name} must be a number in {'(' if low_open else '['}{low:g}, {high:g}], "
-                     f"got {value!r}")
+                fail(f"{name} must be {'an integer' if integer else 'a number'} in "
+                     f"{'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
 
-        if len(self.target_spacing) != 3:
-            fail(f"target_spacing must be three numbers (x, y, z mm), got {self.target_spacing}")
+        def numbers(name, values, count, what):
+            if not isinstance(values, (list, tuple)) or len(values) != count:
+                fail(f"{name} must be {what}, got {values!r}")
+
+        numbers("target_spacing", self.target_spacing, 3, "three numbers (x, y, z mm)")
         for value in self.target_spacing:
             number("target_spacing (mm)", value, *SPACING_RANGE_MM)
-        if len(self.patch_size) != 2:
-            fail(f"patch_size must be two integers, got {self.patch_size}")
+        numbers("patch_size", self.patch_size, 2, "two integers")
         for value in self.patch_size:
-            number("patch_size", value, *PATCH_RANGE)
-        number("context_slices", self.context_slices, 1, 31)
+            number("patch_size", value, *PATCH_RANGE, integer=True)
+        number("context_slices", self.context_slices, 1, 31, integer=True)
         if self.context_slices % 2 == 0:
             fail(f"context_slices must be odd, got {self.context_slices}")
         if self.orientation not in ORIENTATIONS:
             fail(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
-        number("batch_size", self.batch_size, 1, 1024)
+        number("batch_size", self.batch_size, 1, 1024, integer=True)
         number("tile_step (a fraction of the patch)", self.tile_step, MIN_TILE_STEP, 1)
         number("body_threshold_hu", self.body_threshold_hu, -1100, 500)
         if not isinstance(self.smoothing, bool):
@@ -137,6 +152,8 @@ class Plan:
                  f"context_slices {self.context_slices}")
         if self.version != PLAN_VERSION:
             fail(f"plan version {self.version} is not supported (this code reads {PLAN_VERSION})")
+        if self.sam_checkpoint is not None and not isinstance(self.sam_checkpoint, str):
+            fail(f"sam_checkpoint must be a file name or null, got {self.sam_checkpoint!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -151,19 +168,16 @@ class Plan:
         if unknown:
             raise PlanError(f"{source}: unknown field {unknown[0]!r}")
         values = dict(data)
+        for name, kind in (("normalization", Normalization), ("postprocessing", PostProcessing)):
+            values[name] = _section(kind, data.get(name, {}), f"{source}: {name}")
         try:
-            values["normalization"] = Normalization(**data.get("normalization", {}))
-            values["postprocessing"] = PostProcessing(**data.get("postprocessing", {}))
             if values.get("network") is not None:
                 values["network"] = config_from_dict(values["network"], f"{source}: network")
-        except TypeError as error:
-            raise PlanError(f"{source}: {error}") from None
         except ModelConfigError as error:
             raise PlanError(str(error)) from None
-        if "target_spacing" in values:
-            values["target_spacing"] = tuple(float(v) for v in values["target_spacing"])
-        if "patch_size" in values:
-            values["patch_size"] = tuple(int(v) for v in values["patch_size"])
+        for name in ("target_spacing", "patch_size"):  # JSON lists; validate checks the values
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values).validate(source)
 
     def save(self, path: str | Path) -> Path:

@@ -47,6 +47,35 @@ def _one_line_exit_2(result, *words):
 ])
 def test_plan_values_out_of_range_are_refused_before_any_case(one_case, tmp_path, tiny_weights,
                                                               field, value, words):
+    weights = _resigned(tiny_weights, tmp_path / "w", _setting(field, value))
+    out = tmp_path / "out"
+    _one_line_exit_2(run_cli(one_case, out, weights), "plans.json", words)
+    assert not any(out.iterdir())
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("target_spacing", "2.0", "target_spacing must be three numbers"),
+    ("target_spacing", {"x": 2}, "target_spacing must be three numbers"),
+    ("patch_size", None, "patch_size must be two integers"),
+    ("patch_size", ["a", 64], "patch_size must be an integer"),
+    ("patch_size", [64.5, 64], "patch_size must be an integer"),
+    ("context_slices", 3.5, "context_slices must be an integer"),
+    ("batch_size", True, "batch_size must be an integer"),
+    ("postprocessing", None, "postprocessing must be an object"),
+    ("normalization", [1, 2], "normalization must be an object"),
+    ("normalization.spread", 2, "normalization: unknown field 'spread'"),
+    ("sam_checkpoint", 5, "sam_checkpoint must be a file name or null"),
+])
+def test_plan_values_of_the_wrong_type_are_refused_in_one_line(one_case, tmp_path, tiny_weights,
+                                                               field, value, words):
+    weights = _resigned(tiny_weights, tmp_path / "w", _setting(field, value))
+    out = tmp_path / "out"
+    _one_line_exit_2(run_cli(one_case, out, weights), "plans.json", words)
+    assert not any(out.iterdir())
+
+
+def _setting(field: str, value):
+    """A change to a plan's dict that sets ``field`` (``section.name`` for a nested one)."""
     def change(plan):
         *path, last = field.split(".")
         target = plan
@@ -54,10 +83,7 @@ def test_plan_values_out_of_range_are_refused_before_any_case(one_case, tmp_path
             target = target[key]
         target[last] = value
 
-    weights = _resigned(tiny_weights, tmp_path / "w", change)
-    out = tmp_path / "out"
-    _one_line_exit_2(run_cli(one_case, out, weights), "plans.json", words)
-    assert not any(out.iterdir())
+    return change
 
 
 @pytest.mark.parametrize("backend, change, words", [
