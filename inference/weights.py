@@ -53,8 +53,16 @@ def read_sums(folder: Path) -> dict[str, str]:
         if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
             raise WeightsError(f"{path}: line {number} is not '<sha256>  <file name>' "
                                f"({line.strip()[:60]!r}); write it with sha256sum")
-        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
+        sums[_file_name(parts[1])] = parts[0].lower()
     return sums
+
+
+def _file_name(text: str) -> str:
+    """A name as ``sha256sum -c`` reads it: ``*`` marks binary mode, ``./`` this folder."""
+    name = text.strip().removeprefix("*")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def verified(folder: str | Path, name: str) -> Path:

@@ -3,6 +3,7 @@ and the plan against the model. Each problem is one line and exit code 2."""
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
@@ -111,6 +112,19 @@ def test_malformed_checksums_are_one_line(one_case, tmp_path, tiny_weights, text
     shutil.copytree(tiny_weights, weights)
     (weights / SUMS).write_bytes(text.encode("latin-1"))
     _one_line_exit_2(run_cli(one_case, tmp_path / "out", weights), SUMS)
+
+
+def test_checksums_in_every_form_sha256sum_checks_are_read(one_case, tmp_path, tiny_weights):
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    forms = ["{}  ./{}", "{} *{}", "{} *./{}", "{}  {}"]  # text and binary mode, ./ or not
+    lines = [line.split() for line in (weights / SUMS).read_text().splitlines()]
+    (weights / SUMS).write_text("".join(form.format(digest, name) + "\n"
+                                        for form, (digest, name) in zip(forms, lines)))
+    if shutil.which("sha256sum"):
+        assert subprocess.run(["sha256sum", "--check", "--quiet", SUMS], cwd=weights).returncode == 0
+    result = run_cli(one_case, tmp_path / "out", weights, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
 
 
 # ----------------------------------------------------------------------------- the network
