@@ -9,7 +9,8 @@ worker, which also raises its own ``oom_score_adj``.
 
 SIGTERM and SIGINT reach the parent (PID 1 in the container); it passes them on to the
 worker, which finishes writing the masks it has and abandons the case in flight
-(``Stopped``), and exits ``128 + signal``.
+(``Stopped``), and exits ``128 + signal``. A worker whose parent dies (SIGKILL) gets
+SIGTERM from the kernel and stops the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 log = logging.getLogger("inference")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1
 
 
 class Stopped(BaseException):
@@ -54,8 +56,12 @@ class Progress:
         self._send(f"{'end' if ok else 'fail'} {index}")
 
     def _send(self, line: str) -> None:
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        try:
             os.write(self.fd, (line + "\n").encode())
+        except OSError:  # the parent is gone (EPIPE): no one to tell; SIGTERM follows
+            self.fd = None
 
 
 def stop_on_signals() -> None:
@@ -122,6 +128,7 @@ def _run_worker(cases: list, work,
     """Fork, let the child run ``work`` on ``cases``; (wait status, started, ended, failed)."""
     read_end, write_end = os.pipe()
     flush_streams()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         os.close(read_end)
@@ -129,9 +136,13 @@ def _run_worker(cases: list, work,
         try:
             _raise_own_oom_score()
             stop_on_signals()
+            _stop_with(parent)
             code = work(cases, Progress(write_end, replacement))
         except Stopped as stop:
             code = 128 + stop.signum
+            if os.getppid() != parent:
+                log.error("error: the parent process is gone (killed?): stopped; the masks "
+                          "written are complete")
         except BaseException:  # noqa: BLE001 - a bug: show it, and let the parent go on
             log.exception("error: the worker failed")
             code = 1
@@ -180,6 +191,20 @@ def _wait(pid: int) -> tuple[int, int]:
             return os.waitpid(pid, 0)
         except InterruptedError:  # pragma: no cover - PEP 475 retries already
             continue
+
+
+def _stop_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when ``parent`` dies (Linux's
+    PR_SET_PDEATHSIG): an orphan stops as a stopped run does, keeping its whole masks,
+    instead of predicting for no one."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not on Linux
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _raise_own_oom_score() -> None:

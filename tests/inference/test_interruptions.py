@@ -124,6 +124,23 @@ def test_a_killed_worker_loses_its_case_and_the_run_goes_on(many_cases, tmp_path
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_a_worker_whose_parent_is_killed_stops_quietly_keeping_whole_masks(many_cases,
+                                                                          tmp_path,
+                                                                          tiny_weights):
+    out = tmp_path / "out"
+    run = _start(many_cases, out, tiny_weights, "--backend", "onnx")
+    _wait_for(lambda: out.is_dir() and any(out.glob("*.nii.gz")))
+    assert len(_children(run.pid)) == 1
+    os.kill(run.pid, signal.SIGKILL)
+    _, err = run.communicate(timeout=60)  # until the orphan lets go of stderr: it ended
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert "the parent process is gone" in err.splitlines()[-1], err
+    names = sorted(p.name for p in out.iterdir())
+    assert all(n.endswith(".nii.gz") and not n.startswith(".") for n in names), names
+    assert len(names) < 12  # it stopped instead of predicting for no one
+    check_outputs(many_cases, out, [n[: -len(".nii.gz")] for n in names])
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
