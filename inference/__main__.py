@@ -78,21 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _open_closed_streams()
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_escape_controls)
+    _set_up_logging(args.quiet)
     from inference import folders
     from inference.supervise import signal_name, supervise
 
     try:
-        cases = folders.shard(folders.list_cases(args.input), args.num_parts, args.part_id)
-        folders.check_output_dir(args.output)
-        if args.save_probabilities:
-            folders.check_output_dir(args.output / "probabilities")
-        if args.timings_json is not None:
-            folders.check_output_file(args.timings_json, "--timings-json")
+        cases = _cases_and_outputs(args)
     except folders.InputError as error:
         log.error("error: %s", error)
         return 2
@@ -115,6 +106,28 @@ def main(argv=None) -> int:
         log.info("every case has its mask in %s (%d cases, %.1f s)", args.output, len(cases),
                  time.perf_counter() - START)
     return code
+
+
+def _set_up_logging(quiet: bool) -> None:
+    _open_closed_streams()
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_escape_controls)
+
+
+def _cases_and_outputs(args) -> list:
+    """This run's cases, once every path it writes is known to be writable (the output
+    folder, and each option's); InputError, before any case, if one is not."""
+    from inference import folders
+
+    cases = folders.shard(folders.list_cases(args.input), args.num_parts, args.part_id)
+    folders.check_output_dir(args.output)
+    if args.save_probabilities:
+        folders.check_output_dir(args.output / "probabilities")
+    if args.timings_json is not None:
+        folders.check_output_file(args.timings_json, "--timings-json")
+    return cases
 
 
 def _work(args, cases: list, report) -> int:
