@@ -470,8 +470,8 @@ def check_mask_of(mask: str | os.PathLike, image: str | os.PathLike) -> None:
     header = _inspect(mask)
     if header.datatype != _UINT8 or _scaling(header.raw) is not None:
         kind = np.dtype(_NUMPY_TYPES[header.datatype]).name
-        raise InputError(f"{mask}: its voxels are {kind}{' scaled' * (kind == 'uint8')}, "
-                         "not a uint8 mask")
+        kind = "scaled uint8" if kind == "uint8" else kind
+        raise InputError(f"{mask}: its voxels are {kind}, not a uint8 mask")
     for what, mine, theirs in zip(("size", "spacing", "origin", "direction"),
                                   _itk_grid(mask), _itk_grid(Path(image))):
         if mine != theirs:
