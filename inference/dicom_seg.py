@@ -29,6 +29,7 @@ def dicom_seg(volume: SeriesVolume, mask_zyx: np.ndarray):
     import highdicom as hd
     from pydicom import dcmread
     from pydicom.sr.codedict import codes
+    from pydicom.valuerep import DSfloat
 
     if not isinstance(volume, SeriesVolume) or not volume.files:
         raise InputError(f"{volume.path}: a DICOM SEG refers to the slices of a DICOM series, "
@@ -38,6 +39,9 @@ def dicom_seg(volume: SeriesVolume, mask_zyx: np.ndarray):
                          "grid, so the mask's slices are not the series' own")
     sources = [dcmread(name, stop_before_pixels=True) for name in volume.files]
     version = _version()
+    for source in sources:  # in memory only: highdicom reads it, a CT may leave it out
+        if not source.get("SliceThickness"):
+            source.SliceThickness = DSfloat(volume.grid.spacing[2], auto_format=True)
     segment = hd.seg.SegmentDescription(
         segment_number=1, segment_label="lesion",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,

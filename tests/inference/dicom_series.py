@@ -14,14 +14,16 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 def write_dicom_series(image: sitk.Image, folder: Path, series: int = 1,
                        positions: list[float] | None = None, drop: tuple[int, ...] = (),
                        names: list[str] | None = None, modality: str = "CT",
-                       shear: float = 0.0, frame_of_reference: bool = True) -> list[Path]:
+                       shear: float = 0.0, frame_of_reference: bool = True,
+                       slice_thickness: bool = True) -> list[Path]:
     """Write ``image`` (3D) as one int16 DICOM file per slice into ``folder``.
 
     ``positions`` (mm along the slice normal from the image's origin, one per slice)
     replaces the even stacking; ``drop`` leaves slices out; ``names`` are the file names
     (default ``IM<k>.dcm``, so name order is not position order past 9 slices); ``shear``
     moves each slice that many mm further along the image's y axis than the one before
-    (a gantry tilt); ``frame_of_reference`` False leaves out the Frame of Reference UID.
+    (a gantry tilt); ``frame_of_reference`` and ``slice_thickness`` False leave out those
+    attributes.
     """
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
@@ -44,9 +46,10 @@ def write_dicom_series(image: sitk.Image, folder: Path, series: int = 1,
             "0008|0060": modality, "0020|000d": f"{ROOT_UID}.0", "0020|000e": series_uid,
             "0020|0011": str(series), "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.10g}" for v in position),
-            "0020|0037": orientation, "0018|0050": f"{image.GetSpacing()[2]:g}",
-            "0028|1052": "0", "0028|1053": "1",
+            "0020|0037": orientation, "0028|1052": "0", "0028|1053": "1",
         }
+        if slice_thickness:
+            tags["0018|0050"] = f"{image.GetSpacing()[2]:g}"
         if frame_of_reference:
             tags["0020|0052"] = f"{ROOT_UID}.9"
         for key, value in tags.items():

@@ -244,7 +244,7 @@ def test_a_dicom_seg_refers_to_the_series_slices(tmp_path):
     from pydicom import dcmread
 
     scan = sitk.ReadImage(str(REAL / "tsdicom_0000.nii.gz"))
-    write_dicom_series(scan, tmp_path / "series")
+    write_dicom_series(scan, tmp_path / "series", slice_thickness=False)  # optional to a CT
     result = predict("-i", tmp_path / "series", "-o", tmp_path / "mask.nii.gz",
                      "--dicom-seg", tmp_path / "lesions.dcm")
     assert result.returncode == 0, result.stderr
@@ -258,6 +258,8 @@ def test_a_dicom_seg_refers_to_the_series_slices(tmp_path):
     frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,
                                                segment_numbers=[1])[..., 0]
     np.testing.assert_array_equal(frames > 0, mask > 0)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == pytest.approx(scan.GetSpacing()[1::-1])
 
 
 def test_a_dicom_seg_needs_a_series_that_can_be_referred_to(tmp_path, tiny_weights):
