@@ -12,27 +12,29 @@ import importlib
 import sys
 import textwrap
 
-# name -> (module, what it does)
+# name -> (module, what it does, the extra that installs what it needs)
 COMMANDS = {
     "predict": ("inference.scans",
                 "segment CT scans: a NIfTI, NRRD or MetaImage file, a DICOM series folder, or "
                 "a folder of them; masks on each scan's grid, --statistics (lesion table with "
-                "RECIST axes) and --preview (a picture)"),
+                "RECIST axes) and --preview (a picture)", "cpu"),
     "train": ("training.__main__",
               "the training stages: plan, preprocess, train, export, thresholds, pseudolabel, "
-              "ceiling, demo"),
+              "ceiling, demo", "train"),
     "evaluate": ("evaluation.evaluate",
-                 "DSC and NSD of predicted masks against labels, FLARE 2024 Task 1 rules"),
+                 "DSC and NSD of predicted masks against labels, FLARE 2024 Task 1 rules",
+                 "train"),
     "profile": ("benchmark.profile",
                 "time a fresh predict.sh per case as the organisers measure (the paper's "
-                "Table 4)"),
+                "Table 4)", "bench"),
 }
+PROJECT = ("flare_nnsam", "inference", "evaluation", "training", "benchmark")
 
 
 def parser() -> argparse.ArgumentParser:
     listing = "\n".join(textwrap.fill(what, 79, initial_indent=f"  {name:<10}",
                                       subsequent_indent=" " * 12)
-                        for name, (_, what) in COMMANDS.items())
+                        for name, (_, what, _) in COMMANDS.items())
     p = argparse.ArgumentParser(
         prog="flare-nnsam",
         description="Pan-cancer lesion segmentation in CT (nnSAM with dynamic convolution): "
@@ -54,5 +56,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return module.main(args.arguments, prog=f"flare-nnsam {args.command}")
+    name, _, extra = COMMANDS[args.command]
+    try:
+        module = importlib.import_module(name)
+        return module.main(args.arguments, prog=f"flare-nnsam {args.command}")
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] in PROJECT:
+            raise  # a module of ours missing is a bug, not an installation to complete
+        print(f"flare-nnsam {args.command}: error: it needs {error.name}, which is not "
+              f"installed: pip install 'flare-nnsam[{extra}]'", file=sys.stderr)
+        return 2

@@ -83,6 +83,6 @@ def test_the_challenge_command_never_imports_the_scan_commands_modules():
 def test_each_command_of_the_dispatcher_is_a_module_below_it():
     from flare_nnsam.cli import COMMANDS
 
-    for name, (module, _) in COMMANDS.items():
+    for name, (module, _, _) in COMMANDS.items():
         assert module.split(".")[0] in set(PACKAGES) - {"flare_nnsam"}, name
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), name

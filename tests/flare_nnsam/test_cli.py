@@ -58,3 +58,12 @@ def test_predict_imports_neither_training_nor_the_benchmarks_nor_torch():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[-2] == "[]"
+
+
+def test_a_command_whose_extra_is_missing_says_which_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy now fails, as uninstalled
+    monkeypatch.delitem(sys.modules, "evaluation.evaluate", raising=False)
+    monkeypatch.delitem(sys.modules, "evaluation.metrics", raising=False)
+    assert main(["evaluate", "--pred", "a", "--gt", "b"]) == 2
+    assert "needs scipy, which is not installed: pip install 'flare-nnsam[train]'" in \
+        capsys.readouterr().err
