@@ -12,7 +12,6 @@ shows medians, so a busy machine slows them alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from benchmark import machine
 from benchmark.machine import ROOT, results_dir
-from benchmark.report import markdown_table, write_text
+from benchmark.report import markdown_table, write_results
 
 
 def _seconds(run) -> float:
@@ -85,10 +84,7 @@ def main(argv=None) -> int:
             f"Weights: `{args.weights.name}`, device {args.device}; medians of {args.repeats} "
             "repeats, the variants alternating within each; reading and writing not "
             "included.\n\n" + table)
-    write_text(args.output / f"{name}.md", text)
-    (args.output / f"{name}.json").write_text(json.dumps({"machine": stamp, "rows": rows},
-                                                         indent=1) + "\n")
-    print(text)
+    write_results(args.output, name, text, {"machine": stamp, "rows": rows})
     return 0
 
 
