@@ -73,11 +73,11 @@ def select_cases(folder: Path, sizes) -> list[Path]:
     return sorted(slices, key=lambda p: (slices[p], p.name))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m benchmark.profile") -> argparse.ArgumentParser:
     from benchmark.container.suite import add_suite_arguments
 
     p = argparse.ArgumentParser(
-        prog="python -m benchmark.profile",
+        prog=prog,
         description="Time each case in a fresh predict.sh process (or the organisers' docker "
                     "run) with memory polled every 0.1 s; write CSV, Markdown and a plot "
                     "beside the paper's Table 4.")
@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    p = _parser()
+def main(argv=None, prog: str = "python -m benchmark.profile") -> int:
+    p = _parser(prog)
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -92,6 +93,13 @@ def write_text(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def write_results(folder: str | Path, name: str, markdown: str, data: dict) -> None:
+    """``<name>.md`` and ``<name>.json`` in ``folder``, and the Markdown on stdout."""
+    write_text(Path(folder) / f"{name}.md", markdown)
+    write_text(Path(folder) / f"{name}.json", json.dumps(data, indent=1) + "\n")
+    print(markdown)
 
 
 def paper_markdown() -> str:

@@ -167,9 +167,9 @@ def _non_negative_mm(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m evaluation") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluation",
+        prog=prog,
         description="DSC and NSD of predicted lesion masks, FLARE 2024 Task 1 rules.")
     add_folder_arguments(parser)
     parser.add_argument("--csv", type=Path, help="also write case,dsc,nsd rows to this file")

@@ -185,7 +185,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
         else:
             reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(f"{path}: cannot be read as NIfTI ({_itk_reason(error)})") from None
+        raise InputError(f"{path}: cannot be read as NIfTI ({itk_reason(error)})") from None
     if reader.HasMetaDataKey("ITK_sform_corrected") and \
             reader.GetMetaData("ITK_sform_corrected") == "YES":
         log.warning("%s: the sform is not a rotation (shear or scaling); using its nearest "
@@ -204,7 +204,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
         array = sitk.GetArrayFromImage(image)
     elif itk_voxels:  # converting from the view skips an intermediate copy in the file's type
         array = sitk.GetArrayViewFromImage(image).astype(np.float32)
-    return CtVolume(_check_intensities(array, path, header), grid, path)
+    return CtVolume(check_intensities(array, path, header), grid, path)
 
 
 # The fields of each transform, by the offset of its first float, with the code that puts
@@ -606,7 +606,7 @@ def _inflate_members(path: Path, expected: int) -> tuple[int, int]:
     return total, inflater.end
 
 
-def _check_intensities(array: np.ndarray, path: Path, header: _Header | None = None) -> np.ndarray:
+def check_intensities(array: np.ndarray, path: Path, header: _Header | None = None) -> np.ndarray:
     """NaN/inf repaired, normalised data refused, then (with the header) ``_check_air``,
     all from one pass for the lowest and highest value."""
     low, high = float(array.min()), float(array.max())  # NaN and inf propagate here
@@ -657,7 +657,8 @@ def _check_air(array: np.ndarray, low: float, high: float, header: _Header,
     return array
 
 
-def _itk_reason(error: Exception) -> str:
+def itk_reason(error: Exception) -> str:
+    """An ITK exception's message as one line, without its C++ source location."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = lines[-1] if lines else type(error).__name__
     reason = re.sub(r"^.*?ERROR:\s*", "", reason)

@@ -45,7 +45,7 @@ def remove_components(
 
     foreground_mask = mask if mask.dtype == bool else mask != 0
     kept = np.zeros(mask.shape, dtype=np.uint8)
-    box = _bounding_box(foreground_mask)
+    box = bounding_box(foreground_mask)
     if box is None:
         return kept
     # Label only the box around the foreground: lesions are a small part of a scan, and
@@ -70,7 +70,7 @@ def remove_components(
     return kept
 
 
-def _bounding_box(foreground: np.ndarray) -> tuple[slice, slice, slice] | None:
+def bounding_box(foreground: np.ndarray) -> tuple[slice, slice, slice] | None:
     """Slices of the smallest box holding every True voxel, or None when there is none."""
     z = np.flatnonzero(foreground.any(axis=(1, 2)))
     if z.size == 0:

@@ -20,8 +20,8 @@ def _common(p):
     p.add_argument("--disable-progress-bar", action="store_true")
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m training",
+def parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog=prog,
                                    description="Train the nnSAM lesion network for the container.")
     sub = root.add_subparsers(dest="stage", required=True)
     for add in (_add_plan, _add_ceiling, _add_preprocess, _add_train, _add_export,
@@ -200,8 +200,8 @@ def _add_demo(sub) -> None:
     _common(p)
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def main(argv=None, prog: str = "python -m training") -> int:
+    args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from inference.model import ModelConfigError

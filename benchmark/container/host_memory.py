@@ -16,7 +16,6 @@ Writes ``host_memory_<machine>_<date>.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from benchmark import machine
 from benchmark.container.runner import ROOT
 from benchmark.machine import results_dir
-from benchmark.report import markdown_table, write_text
+from benchmark.report import markdown_table, write_results
 
 MB = 2**20
 _PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=False, "
@@ -100,10 +99,7 @@ def main(argv=None) -> int:
     text = (f"# Peak resident memory per case (CPU, onnxruntime)\n\n{machine.describe(stamp)}\n\n"
             f"Weights: `{args.weights.name}`. Peak from the kernel (`ru_maxrss`), one fresh run "
             "per row; int16 input, 512x512 slices.\n\n" + table)
-    write_text(args.output / f"{name}.md", text)
-    (args.output / f"{name}.json").write_text(json.dumps({"machine": stamp, "rows": rows},
-                                                         indent=1) + "\n")
-    print(text)
+    write_results(args.output, name, text, {"machine": stamp, "rows": rows})
     return 0
 
 

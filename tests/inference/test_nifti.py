@@ -379,12 +379,12 @@ def test_non_finite_voxels_that_reach_us_become_the_lowest_value(caplog):
     array = ct_like().astype(np.float32)
     array[0, 0, :3] = [np.nan, np.inf, -np.inf]
     with caplog.at_level(logging.WARNING, logger="inference.nifti"):
-        checked = nifti._check_intensities(array.copy(), Path("nan_0000.nii.gz"))
+        checked = nifti.check_intensities(array.copy(), Path("nan_0000.nii.gz"))
     assert np.isfinite(checked).all()
     assert (checked[0, 0, :3] == array[np.isfinite(array)].min()).all()
     assert "3 NaN/inf" in caplog.text
     with pytest.raises(InputError):
-        nifti._check_intensities(np.full((2, 2, 2), np.nan, np.float32), Path("x_0000.nii.gz"))
+        nifti.check_intensities(np.full((2, 2, 2), np.nan, np.float32), Path("x_0000.nii.gz"))
 
 
 def test_sheared_sform_is_read_with_a_warning_and_no_itk_noise(tmp_path, caplog, capfd,

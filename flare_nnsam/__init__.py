@@ -1,0 +1,1 @@
+"""The ``flare-nnsam`` command: one entry point for the project's commands."""
