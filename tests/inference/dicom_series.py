@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,23 @@ def write_dicom_series(image: sitk.Image, folder: Path, series: int = 1,
     direction = np.array(image.GetDirection()).reshape(3, 3)
     origin = np.array(image.GetOrigin())
     orientation = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
-    series_uid = f"{ROOT_UID}.{series}"
     writer = sitk.ImageFileWriter()
     writer.SetImageIO("GDCMImageIO")  # names without .dcm, as scanners write them
     writer.KeepOriginalImageUIDOn()
+    # ITK's GDCM writer leaves the process in the C locale; give the tests theirs back.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_slices(image, writer, folder, series, orientation, positions, drop,
+                             names, modality, shear, frame_of_reference, slice_thickness)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image, writer, folder, series, orientation, positions, drop, names,
+                  modality, shear, frame_of_reference, slice_thickness) -> list[Path]:
+    series_uid = f"{ROOT_UID}.{series}"
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin())
     written = []
     for k in range(image.GetDepth()):
         if k in drop:

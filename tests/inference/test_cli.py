@@ -24,8 +24,10 @@ def run_cli(inputs, outputs, weights, *extra, text=True, timeout=600):
     past ``timeout`` is killed with its worker (TimeoutExpired), so none is left behind."""
     cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs),
            "--weights", str(weights), "--disable-progress-bar", *extra]
+    # The run logs UTF-8 (names included) whatever locale a test left this process in.
+    encoding = {"encoding": "utf-8", "errors": "backslashreplace"} if text else {}
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=text, start_new_session=True) as run:
+                          start_new_session=True, **encoding) as run:
         try:
             out, err = run.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
