@@ -150,7 +150,7 @@ def markdown(rows: list[dict], ctx: dict) -> str:
     lines += ["## On a GPU", "",
               "The same comparison on the 554-slice case (benchmark/README.md lists the wheels "
               "a GPU machine without SimpleITK, cc3d, isal and nnU-Net needs):", "",
-              "```sh", "python -m benchmark.peers.nnunet --sizes 554 --rounds 3 --device cuda",
+              "```sh", "python -m benchmark.peers.nnunet --make-suite --sizes 554 --rounds 3 --device cuda",
               "```", ""]
     return "\n".join(lines)
 
