@@ -48,7 +48,6 @@ from benchmark.profile import select_cases
 
 log = logging.getLogger("benchmark.peers.nnunet")
 
-TOOLS = ("ours", "nnunet")
 DEFAULT_SIZES = (100, 215)
 # nnU-Net's console script, run by this interpreter: an install with ``pip --target`` puts
 # no script on PATH, and the same interpreter then runs both tools.

@@ -35,8 +35,8 @@ def per_case(rows: list[dict]) -> list[dict]:
     """Per case: each tool's median and range of wall-clock over its good runs, its largest
     memory reading, nnU-Net's median over ours and the range of the per-round ratios.
 
-    A run is good when it exited 0 with its mask on the input's grid (``ok``, default True
-    for rows read back from a CSV: exit code 0).
+    A run counts when it exited 0 with its mask on the input's grid (``ok``); rows read
+    back from a CSV have no ``ok`` and count when their exit code is 0.
     """
     good = [r for r in rows if r.get("ok", int(r["exit_code"]) == 0)]
     out = []
