@@ -99,6 +99,20 @@ class RssTreeSampler:
         pass
 
 
+def idle_mb(sampler) -> float | None:
+    """One reading of a fresh sampler before a run: the whole-GPU memory already in use (MB).
+
+    None for the RSS tree: a run that has not started holds nothing, so there is no floor.
+    """
+    if sampler.kind != "gpu":
+        return None
+    sampler.open()
+    try:
+        return float(sampler())
+    finally:
+        sampler.close()
+
+
 def nvml_available(index: int = 0) -> bool:
     """True when NVML loads and GPU ``index`` exists."""
     try:

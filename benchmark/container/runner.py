@@ -7,7 +7,11 @@ and an empty, world-writable ``outputs/``. The run is either
   ``--timings-json``, so the stages can be split), or
 - docker: the organisers' own command line, ``docker container run --shm-size=28gb
   -m 28G --gpus="device=N" --rm -v inputs:/workspace/inputs/ -v outputs:/workspace/outputs/
-  IMAGE /bin/bash -c "sh predict.sh"`` (no stage timings: nothing is added to it).
+  IMAGE /bin/bash -c "sh predict.sh"`` (no stage timings: nothing is added to it), or
+- another tool's command line on the same folders (a peer such as nnU-Net's predictor).
+
+A run counts as written only when ``outputs/<case>.nii.gz`` is on the input's voxel grid
+(size, spacing, origin, direction), as the challenge's evaluation requires.
 
 The wall-clock covers the whole process, start-up and exit included; memory is polled
 every 0.1 s by a separate process started before the run (:mod:`benchmark.container.memory`).
@@ -33,6 +37,7 @@ import SimpleITK as sitk
 
 from benchmark.container.memory import MemoryPoller, MemoryTrace, default_sampler
 from benchmark.machine import ROOT
+from evaluation.evaluate import DIRECTION_ATOL, GRID_ATOL_MM
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +100,35 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def case_info(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Size and spacing (x, y, z) from the header alone."""
+def _header(path: str | Path) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
+    return reader
+
+
+def case_info(path: str | Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Size and spacing (x, y, z) from the header alone."""
+    reader = _header(path)
     return tuple(reader.GetSize()), tuple(reader.GetSpacing())
+
+
+def grid_difference(mask: str | Path, case: str | Path) -> str | None:
+    """How a mask's voxel grid differs from its input's, read from the headers; None if it
+    does not (the evaluation's tolerances)."""
+    try:
+        got, want = _header(mask), _header(case)
+    except RuntimeError:
+        return f"{Path(mask).name}: unreadable"
+    if got.GetSize() != want.GetSize():
+        return f"size {got.GetSize()}, input {want.GetSize()}"
+    for name, atol in (("Spacing", GRID_ATOL_MM), ("Origin", GRID_ATOL_MM),
+                       ("Direction", DIRECTION_ATOL)):
+        a, b = getattr(got, f"Get{name}")(), getattr(want, f"Get{name}")()
+        if any(abs(x - y) > atol for x, y in zip(a, b)):
+            return (f"{name.lower()} ({', '.join(f'{v:g}' for v in a)}), input "
+                    f"({', '.join(f'{v:g}' for v in b)})")
+    return None
 
 
 def case_id(path: Path) -> str:
@@ -149,18 +177,15 @@ def _stage_input(source: Path, inputs: Path) -> Path:
     return target
 
 
-def _output_ok(path: Path, size_xyz) -> bool:
-    try:
-        return path.is_file() and case_info(path)[0] == tuple(size_xyz)
-    except RuntimeError:
-        return False
-
-
 def run_case(path: str | Path, *, docker: str | None = None, weights: Path | None = None,
              backend: str | None = None, device: str | None = None, gpu_index: int = 0,
              sampler=None, timeout: float | None = None, workdir: Path | None = None,
-             extra: Sequence[str] = ()) -> CaseRun:
-    """One fresh run of one case (local ``sh predict.sh`` or the organisers' ``docker run``)."""
+             extra: Sequence[str] = (), command=None, keep_mask: Path | None = None) -> CaseRun:
+    """One fresh run of one case (local ``sh predict.sh`` or the organisers' ``docker run``).
+
+    ``command(inputs, outputs)`` returns another tool's ``(argv, env)`` to run instead, on
+    the same workspace; ``keep_mask`` is where the mask is copied before the workspace goes.
+    """
     path = Path(path)
     case = case_id(path)
     size, spacing = case_info(path)
@@ -172,8 +197,10 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
         outputs.mkdir()
         outputs.chmod(0o777)  # the container user may not be root
         _stage_input(path, inputs)
-        timings_json = None if docker else ws / "timings.json"
-        if docker:
+        timings_json = None if docker or command else ws / "timings.json"
+        if command is not None:
+            cmd, env = command(inputs, outputs)
+        elif docker:
             cmd, env = docker_command(docker, inputs, outputs, gpu_index), None
         else:
             cmd = local_command(timings_json, weights, backend, device, extra)
@@ -203,10 +230,17 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
             # Read before the poller (also our child) is joined, so its CPU is not counted.
             cpu_s = _children_cpu_s() - cpu_before
         trace = poller.stop()
-        output_ok = _output_ok(outputs / f"{case}.nii.gz", size)
+        mask = outputs / f"{case}.nii.gz"
+        off_grid = grid_difference(mask, path) if mask.is_file() else "no mask written"
+        output_ok = off_grid is None
         if code != 0 and error is None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             error = f"exit code {code}: " + " / ".join(tail)
+        elif code == 0 and off_grid:
+            error = f"{mask.name}: {off_grid}"
+        if keep_mask is not None and mask.is_file():
+            Path(keep_mask).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mask, keep_mask)
         run = CaseRun(case, size, spacing, elapsed, code, trace, output_ok, error=error,
                       cpu_s=None if docker else cpu_s)  # a container's CPU is not our child's
         if timings_json is not None and timings_json.is_file():

@@ -72,3 +72,13 @@ def test_nvml_sampler_reads_whole_gpu_memory():
     time.sleep(0.3)
     trace = poller.stop()
     assert trace.kind == "gpu" and trace.samples and trace.peak > 0
+
+
+def test_idle_reading_is_one_gpu_sample_and_none_without_a_gpu():
+    from benchmark.container.memory import idle_mb
+
+    class Gpu(ScriptedSampler):
+        kind = "gpu"
+
+    assert idle_mb(Gpu()) == 10.0  # one reading of a freshly opened sampler
+    assert idle_mb(RssTreeSampler()) is None  # a run not yet started has no floor
