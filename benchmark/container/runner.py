@@ -60,6 +60,7 @@ class CaseRun:
     device: str | None = None
     error: str | None = None
     idle_mb: float | None = None  # whole-GPU memory in use just before the run (NVML)
+    read_wait_s: float | None = None  # torch: the model build's wait for the first read
 
     @property
     def stage_sum(self) -> float | None:
@@ -86,7 +87,8 @@ class CaseRun:
             "samples": len(self.trace.samples), "idle_mb": self.idle_mb,
         }
         row.update({f"{s}_s": self.timings.get(s) for s in STAGES})
-        row.update({"startup_s": self.startup_s, "other_s": self.other_s,
+        row.update({"startup_s": self.startup_s, "read_wait_s": self.read_wait_s,
+                    "other_s": self.other_s,
                     "backend": self.backend, "device": self.device, "error": self.error})
         return row
 
@@ -215,8 +217,9 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
                       idle_mb=idle)
         if timings_json is not None and timings_json.is_file():
             data = json.loads(timings_json.read_text())
-            run.startup_s, run.backend, run.device = (
-                data.get("startup_s"), data.get("backend"), data.get("device"))
+            run.startup_s, run.backend, run.device, run.read_wait_s = (
+                data.get("startup_s"), data.get("backend"), data.get("device"),
+                data.get("read_wait_s"))
             for entry in data.get("cases", []):
                 if entry.get("case") == case:
                     run.timings = {s: entry[s] for s in STAGES if s in entry}
