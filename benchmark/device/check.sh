@@ -71,13 +71,13 @@ step 45 untrained sh -c "python3 -m benchmark.network.untrained -o '$W' --preset
 wait
 ls -la "$T4"
 
-# Items 1 and 2: the floor, the shipped weights' whole run and memory above it.
+# The floor, and the shipped weights' whole run and memory above it.
 step 95 "profile shipped" python3 -m benchmark.profile -i "$T4" --sizes "$SMALLEST" "$LARGEST_Z" \
     --weights "$SHIPPED" --device "$DEVICE" --backend torch --repeats 3 --tag shipped-torch -o "$RES"
 step 20 "stages shipped" python3 -m benchmark.container.stages -i "$LARGEST" --weights "$SHIPPED" \
     --device "$DEVICE" --backend torch --tag shipped-torch -o "$RES" --no-warmup
 
-# Item 4: every torch mode's masks against fp32, with the voxels either marks.
+# Every torch mode's masks against fp32, with the voxels either marks.
 mkdir -p "$WORK/agree"
 for z in $SIZES; do
     ln -f "$T4/table4_z$(printf %03d "$z")_0000.nii.gz" "$WORK/agree/"
@@ -108,7 +108,7 @@ for f in "$RES"/agreement_*.txt; do  # per mode: the largest share of any case, 
     echo "$(basename "$f" .txt | sed 's/^agreement_//'): largest ${worst:-no} % differ; $(tail -n 1 "$f")"
 done | tee "$RES/agreement_summary.txt"
 
-# Item 3: no case lost to GPU memory, the three sizes in one run.
+# No case lost to GPU memory, the three sizes in one run.
 for mode in grouped/autocast/graph branches/half/graph/nhwc; do
     tag=$(echo "$mode" | tr '/' '_')
     step 30 "resilience $mode" python3 -m inference -i "$WORK/agree" -o "$WORK/resilience_$tag" \
@@ -124,7 +124,7 @@ for mode in grouped/autocast/graph branches/half/graph/nhwc; do
     fi
 done
 
-# Item 5, one lever: the GPU preset (`fast` on 192-px tiles) against the shipped `tiny`.
+# One lever: the GPU preset (`fast` on 192-px tiles) against the shipped `tiny`.
 step 60 "profile $PRESET" python3 -m benchmark.profile -i "$T4" --sizes "$LARGEST_Z" \
     --weights "$WP" --device "$DEVICE" --backend torch --repeats 3 --tag "$PRESET-torch-prior" -o "$RES"
 
