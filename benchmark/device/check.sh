@@ -16,7 +16,8 @@
 #     each run) and floor_s (median of 3 fresh `import torch` and one CUDA operation), its
 #     Markdown the median above the floor and the maximum above the idle memory; the same at
 #     the largest size for an untrained `fast` (heads at p(lesion) 0.01: sparse masks);
-#   - the stage split of the largest case with the shipped weights (benchmark.container.stages);
+#   - the stage split of the largest case with the shipped weights (benchmark.container.stages),
+#     with how long the model build waited for the first read;
 #   - every torch mode's masks against fp32 (benchmark.network.mode_masks, the untrained
 #     `fast` without the prior: it marks much, a strict test) on every size:
 #     agreement_<mode>.txt, container/verify.py's voxels that differ out of those either
