@@ -10,6 +10,12 @@ holding that case alone, timed whole. Memory is whole-GPU memory from NVML polle
 0.1 s; without a GPU, the peak RSS of the run's process tree instead, said in every
 output. Local runs also record the per-case stages from ``--timings-json``.
 
+Two floors are measured in the same invocation, so that the net figures can be read off
+the record: ``idle_mb``, whole-GPU memory in use just before each run (NVML; blank
+without it), and ``floor_s``, the median of 3 fresh ``python3 -c "import torch;
+torch.ones(1, device=...).sum().item()"`` on the run's device (cuda, or cpu). The
+Markdown shows the median time above the floor and the maximum above the idle memory.
+
 Writes ``profile_<machine>_<date>_<tag>.csv``, ``.md`` and ``.png`` (with the paper's
 Table 4 drawn beside ours) into OUT (default ``benchmark/results/container``).
 """
@@ -28,7 +34,7 @@ from pathlib import Path
 from benchmark import machine, paper, report
 from benchmark.container.memory import nvml_available
 from benchmark.container.runner import (STAGES, add_run_arguments, case_info, display_path,
-                                       list_inputs, run_case, run_setup)
+                                       floor_s, list_inputs, run_case, run_setup)
 from benchmark.machine import results_dir
 
 log = logging.getLogger("benchmark.profile")
@@ -38,10 +44,12 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 CSV_COLUMNS = ["case", "size", "slices", "spacing_mm", "time_s", "runs", "median_time_s",
                "cpu_s", "exit_code", "output_ok",
                "memory", "max_mb", "area_mb_s", "samples", *(f"{s}_s" for s in STAGES),
-               "startup_s", "other_s", "backend", "device", "error"]
+               "startup_s", "other_s", "backend", "device", "error", "idle_mb", "floor_s"]
 TABLE_COLUMNS = [("case", "case"), ("size", "size"), ("slices", "slices", "d"),
-                 ("time_s", "time (s)", ".2f"), ("cpu_s", "CPU time (s)", ".1f"),
+                 ("time_s", "time (s)", ".2f"), ("median_time_s", "median (s)", ".2f"),
+                 ("net_s", "median - floor (s)", ".2f"), ("cpu_s", "CPU time (s)", ".1f"),
                  ("max_mb", "max {mem} (MB)", ".0f"),
+                 ("net_mb", "max - idle (MB)", ".0f"),
                  ("area_mb_s", "{mem} area (MB*s)", ".0f"),
                  *((f"{s}_s", f"{s} (s)", ".2f") for s in STAGES),
                  ("startup_s", "model load (s)", ".2f"),
@@ -138,16 +146,14 @@ def main(argv=None, prog: str = "python -m benchmark.profile") -> int:
         log.error("error: %s", error)
         return 2
 
-    runs, all_times = _run_cases(cases, sampler, run_options, args.repeats, args.no_warmup)
+    runs, all_times, floor = _run_cases(cases, sampler, run_options, args.repeats,
+                                        args.no_warmup, _floor_device(args, gpu))
 
     weights = weights_note(args.weights) if not args.docker else None
     backend = next((r.backend for r in runs if r.backend), None)
     tag = args.tag or ("docker" if args.docker else f"{weights['preset']}-{backend or 'auto'}")
     base = args.output / f"profile_{machine.slug(stamp)}_{tag}"
-    rows = [r.row() for r in runs]
-    for row in rows:
-        row["runs"] = len(all_times[row["case"]])
-        row["median_time_s"] = statistics.median(all_times[row["case"]])
+    rows = [_row(r, all_times[r.case], floor) for r in runs]
     report.write_csv(rows, base.with_suffix(".csv"), CSV_COLUMNS)
     memory_label = runs[0].trace.label
     title = (f"Table 4, ours ({tag}) on {stamp['cpu']} ({stamp['cores']} cores"
@@ -156,7 +162,7 @@ def main(argv=None, prog: str = "python -m benchmark.profile") -> int:
                        "GPU, NVML" if gpu else "CPU: peak RSS, not GPU", f"ours ({tag})")
     report.write_text(base.with_suffix(".md"),
                       _markdown(rows, runs, stamp, args, weights, backend, tag, gpu,
-                                memory_label, base.with_suffix(".png").name, argv))
+                                memory_label, base.with_suffix(".png").name, argv, floor))
     failed = [r for r in runs if r.exit_code != 0 or not r.output_ok]
     print(report.markdown_table(rows, _columns(gpu)))
     fit = report.linear_fit_line(rows)
@@ -170,11 +176,22 @@ def main(argv=None, prog: str = "python -m benchmark.profile") -> int:
     return 0
 
 
-def _run_cases(cases, sampler, run_options: dict, repeats: int, no_warmup: bool):
-    """(one run per case: the fastest of ``repeats``, or a failed one; case -> all times)."""
+def _floor_device(args, gpu: bool) -> str:
+    """The device of the start-up floor: the run's GPU, or the CPU."""
+    return "cpu" if not gpu or args.device == "cpu" else f"cuda:{args.gpu_index}"
+
+
+def _run_cases(cases, sampler, run_options: dict, repeats: int, no_warmup: bool,
+               floor_device: str):
+    """(one run per case: the fastest of ``repeats``, or a failed one; case -> all times;
+    the start-up floor, measured after the warm-up)."""
     if not no_warmup:
         log.info("warm-up run (not recorded): %s", cases[0].name)
         run_case(cases[0], sampler=sampler(), **run_options)
+    floor = floor_s(floor_device)
+    if floor is not None:
+        log.info("start-up floor on %s: %.2f s (median of 3 fresh `import torch` and one "
+                 "operation)", floor_device, floor)
     runs, all_times = [], {}
     for path in cases:
         tries = []
@@ -188,7 +205,37 @@ def _run_cases(cases, sampler, run_options: dict, repeats: int, no_warmup: bool)
         failed = [r for r in tries if r.exit_code != 0 or not r.output_ok]
         runs.append(failed[0] if failed else min(tries, key=lambda r: r.time_s))
         all_times[runs[-1].case] = [r.time_s for r in tries]
-    return runs, all_times
+    return runs, all_times, floor
+
+
+def _row(run, times: list[float], floor: float | None) -> dict:
+    """A run's record with its repeats' median and the net figures above the floors."""
+    row = run.row()
+    row.update(runs=len(times), median_time_s=statistics.median(times), floor_s=floor)
+    row["net_s"] = None if floor is None else row["median_time_s"] - floor
+    idle = row["idle_mb"]
+    row["net_mb"] = None if idle is None else row["max_mb"] - idle
+    return row
+
+
+def _floors_note(rows, gpu: bool, floor: float | None, args, backend) -> str:
+    """What the net columns stand on: the start-up floor and the idle memory."""
+    if floor is None:
+        text = "- start-up floor: not measured (torch does not start here)"
+    else:
+        text = (f"- start-up floor `floor_s` {floor:.2f} s: median of 3 fresh `python3 -c "
+                f"\"import torch; torch.ones(1, device='{_floor_device(args, gpu)}')"
+                ".sum().item()\"` in this invocation, before the recorded runs; \"median - "
+                "floor\" is the run's median above it"
+                + (" (the onnxruntime path never imports torch, so this floor is torch's, "
+                   "not the run's)" if backend == "onnx" else ""))
+    idle = [r["idle_mb"] for r in rows if r.get("idle_mb") is not None]
+    if idle:
+        text += (f"; idle whole-GPU memory `idle_mb` {min(idle):.0f}-{max(idle):.0f} MB "
+                 "(NVML, just before each run); \"max - idle\" is the maximum above it")
+    else:
+        text += "; idle GPU memory: no NVML here, so no net memory column"
+    return text
 
 
 def _columns(gpu: bool) -> list[tuple]:
@@ -198,7 +245,7 @@ def _columns(gpu: bool) -> list[tuple]:
 
 
 def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label, png,
-              argv) -> str:
+              argv, floor) -> str:
     shown = " ".join(shlex.quote(a if not Path(a).is_absolute() else display_path(a))
                      for a in (argv if argv is not None else sys.argv[1:]))
     how = ("the organisers' `docker container run --shm-size=28gb -m 28G --gpus=\"device="
@@ -226,6 +273,7 @@ def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label,
         lines.append(f"- backend: {backend or 'unknown'} on {runs[0].device or 'unknown'}")
     if not args.no_warmup:
         lines.append("- one unrecorded warm-up run first (file cache warm for every case)")
+    lines += [_floors_note(rows, gpu, floor, args, backend)]
     lines += [
         "- stage columns come from the run's own `--timings-json`; model load is the "
         "Predictor's start-up; the last column is the rest of the wall-clock (interpreter "

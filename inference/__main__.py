@@ -148,9 +148,10 @@ def _work(args, cases: list, report) -> int:
     from inference.predictor import Predictor
     from inference.weights import WeightsError
 
+    waited = None  # how long the model build waited for the first read (torch only)
     try:
         if first_read is not None and _uses_torch(args):
-            _torch_after_read(first_read)
+            waited = _torch_after_read(first_read)
         predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
                               args.step, args.batch_size, torch_mode=args.torch_mode,
                               threads=args.threads, memory_limit_mb=args.memory_limit_mb)
@@ -164,7 +165,8 @@ def _work(args, cases: list, report) -> int:
     # end: importing SimpleITK (about 50 ms) here, while it still inflates, takes that
     # import off the read's path.
     nifti.simpleitk()
-    log.info("start-up %.2f s (imports and model)", ready_s)
+    log.info("start-up %.2f s (imports and model%s)", ready_s, "" if waited is None else
+             f"; the model was built after the first read, which it waited {waited:.2f} s for")
     position = {case: i for i, (case, _) in enumerate(cases)}
     index = [position[case] for case, _ in todo]
     results = predictor.run(todo, args.output, False, args.save_probabilities,
@@ -172,7 +174,7 @@ def _work(args, cases: list, report) -> int:
                             first_read=first_read, report=_Reindexed(report, index))
     if args.timings_json:
         try:
-            _add_timings(args.timings_json, predictor, ready_s, results)
+            _add_timings(args.timings_json, predictor, ready_s, results, waited)
         except OSError as error:
             log.error("error: --timings-json %s cannot be written (%s)", args.timings_json,
                       error.strerror or error)
@@ -193,13 +195,13 @@ class _Reindexed:
         self.report.ended(self.index[i], ok)
 
 
-def _add_timings(path: Path, predictor, ready_s: float, results) -> None:
+def _add_timings(path: Path, predictor, ready_s: float, results, waited=None) -> None:
     """This worker's per-case timings, added to what earlier workers of the run wrote."""
     cases = [{"case": r.case, "error": r.error, **r.timings} for r in results]
     if path.exists():
         cases = json.loads(path.read_text())["cases"] + cases
     path.write_text(json.dumps(
-        {"startup_s": predictor.startup_s, "ready_s": ready_s,
+        {"startup_s": predictor.startup_s, "ready_s": ready_s, "read_wait_s": waited,
          "finished_s": time.perf_counter() - START, "device": predictor.device,
          "backend": predictor.backend.name, "cases": cases}, indent=2) + "\n")
 
@@ -243,19 +245,23 @@ def _uses_torch(args) -> bool:
     return args.device != "cpu" and torch_installed()
 
 
-def _torch_after_read(first_read) -> None:
+def _torch_after_read(first_read) -> float:
     """Import torch while the first case is read, then let the read finish.
 
     ITK reads the environment while it reads a header, and a package that writes
     ``os.environ`` meanwhile (torchvision did, before the SAM encoder stopped importing
     it) can crash the process: setenv racing getenv. ``import torch`` alone (seconds)
-    writes nothing and hides the read; the model is built after it.
+    writes nothing and hides the read; the model is built after it, because torch's CUDA
+    initialisation sets environment variables. Returns the seconds waited for the read once
+    torch was imported: what of the read the model load did not overlap.
     """
     from concurrent.futures import wait
 
     import torch  # noqa: F401
 
+    start = time.perf_counter()
     wait([first_read.future])
+    return time.perf_counter() - start
 
 
 def _open_closed_streams() -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from inference import weights as weights_io
+from inference.budget import graph_fits
 from inference.pipeline import network_forward
 from inference.plans import Plan
 
@@ -60,6 +62,20 @@ def resolve_device(requested: str) -> str:
 def torch_installed() -> bool:
     """Whether torch can be imported here, found without importing it (an image may lack it)."""
     return importlib.util.find_spec("torch") is not None
+
+
+def onnxruntime_installed() -> bool:
+    """Whether onnxruntime can be imported here, found without importing it."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def cpu_fallback_backend(folder) -> str:
+    """The backend a case runs on when the GPU's memory does not hold it: onnxruntime where
+    it and the exported graph are here (it starts without torch and runs faster on the
+    CPU), else torch on the CPU."""
+    if onnxruntime_installed() and (Path(folder) / weights_io.ONNX_MODEL).is_file():
+        return "onnx"
+    return "torch"
 
 
 def choose_backend(requested: str, device: str) -> str:
@@ -135,6 +151,9 @@ class OnnxBackend:
             tiles = np.concatenate([tiles, pad])
         return self.session.run(None, {self.input_name: tiles})[0][:n]
 
+    def release(self) -> None:
+        """Nothing to hand back: onnxruntime's memory is the host's."""
+
 
 TORCH_MODES = ("grouped/autocast", "grouped/half", "branches/autocast", "branches/half",
                "grouped/fp32", "branches/fp32")
@@ -148,8 +167,10 @@ class TorchBackend:
     or ``branches``, the same function), the precision on CUDA (``autocast``: fp16 with
     instance norm and softmax in fp32; ``half``: everything fp16; ``fp32``), with
     ``/graph`` each batch shape is captured once as a CUDA graph and replayed, which
-    saves the launch cost of the network's many small kernels, and with ``/nhwc`` weights
-    and tiles are channels-last.
+    saves the launch cost of the network's many small kernels (a shape whose graph would
+    not fit under the memory limit runs eagerly, ``inference.budget.graph_fits``; the
+    graphs are dropped by ``release``), and with ``/nhwc`` weights and tiles are
+    channels-last.
     ``python -m benchmark.network.network_modes`` measures them. On CUDA, a batch smaller than the
     largest seen is padded up to it, so every call has one shape (cuDNN's autotuning and
     graph capture then happen once).
@@ -169,10 +190,13 @@ class TorchBackend:
         cuda = self.device.type == "cuda"
         if cuda and self.device.index is None:  # set_device needs an index
             self.device = torch.device("cuda", 0)
+        self.memory_limit = None  # bytes the allocator may reserve; None: the free memory
         if cuda:
             torch.cuda.set_device(self.device)
             if memory_fraction is not None:
                 torch.cuda.set_per_process_memory_fraction(memory_fraction, self.device)
+                self.memory_limit = memory_fraction * torch.cuda.get_device_properties(
+                    self.device).total_memory
             # No autotuning: it times every convolution's algorithms again in each fresh
             # process, one per case in the challenge, which cost more than it saved
             # (benchmark/results/container/gpu_h100_2026-11-27.md).
@@ -234,30 +258,67 @@ class TorchBackend:
             raise
         return out[:n]
 
+    def release(self) -> None:
+        """Drop the CUDA graphs and hand cached memory back: a graph's private pool would
+        otherwise stay reserved through the stages after the network and the next case."""
+        if self.device.type != "cuda":
+            return
+        if self.graphs:
+            self.graphs = {}
+        self.torch.cuda.empty_cache()
+
     def _replay(self, tiles):
-        torch = self.torch
         key = tuple(tiles.shape)
         if key not in self.graphs:
-            static = tiles.clone()
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up off the default stream, as capture requires
-                    self._forward(static)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
-                    output = self._forward(static)
+                self.graphs[key] = self._capture(tiles)
+            except self.oom_errors:
+                raise  # the caller retries with a smaller batch
             except RuntimeError as error:  # a capture failure costs speed, not the case
                 log.warning("CUDA graph capture failed (%s); running without graphs", error)
                 self.graphs = None
                 return self._forward(tiles)
-            self.graphs[key] = (graph, static, output)
+        if self.graphs[key] is None:  # this shape's graph would not fit: eager
+            return self._forward(tiles)
         graph, static, output = self.graphs[key]
         static.copy_(tiles)
         graph.replay()
         return output.clone()
+
+    def _capture(self, tiles):
+        """(graph, static input, output) for ``tiles``' shape, or None where the graph's
+        pool would not fit beside what the allocator holds."""
+        torch = self.torch
+        static = tiles.clone()
+        peak = self._warm_up(static)
+        torch.cuda.empty_cache()  # the warm-up's cached blocks are not the graph's pool
+        reserved = torch.cuda.memory_reserved(self.device)
+        limit = self.memory_limit
+        if limit is None:
+            limit = reserved + torch.cuda.mem_get_info(self.device)[0]
+        if not graph_fits(limit, reserved, peak):
+            log.info("a CUDA graph of %d tiles would not fit in the memory limit (%.0f of "
+                     "%.0f MiB reserved, forward %.0f MiB): running them without one",
+                     tiles.shape[0], reserved / 2**20, limit / 2**20, peak / 2**20)
+            return None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._forward(static)
+        return graph, static, output
+
+    def _warm_up(self, static) -> int:
+        """Two eager forwards off the default stream (capture requires it); the bytes one
+        forward allocates at its peak above what was held before."""
+        torch = self.torch
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(static)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return torch.cuda.max_memory_allocated(self.device) - before
 
 
 def _parse_mode(mode: str) -> tuple[str, str, bool, bool]:

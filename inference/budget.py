@@ -14,15 +14,59 @@ from __future__ import annotations
 # bought no speed (benchmark/results/container/gpu_h100_2026-11-27.md).
 DEFAULT_GPU_MEMORY_MB = 1200
 CUDA_CONTEXT_MB = 700
+MIN_ALLOCATOR_MB = 256
+
+# How the allocator's share of the budget is spent. torch's per-process limit
+# (``set_per_process_memory_fraction``) counts everything the allocator reserves: its
+# cache, and the private pools of CUDA graphs too. A graph keeps the activations of the
+# batch it captured in its own pool for as long as it lives, so the graphs are dropped
+# when a case's network stage ends: the pool then lives exactly as long as the eager
+# activations it replaces, and the network share covers either. The stages before and
+# after the network (preprocessing, the next case's preprocessing) get the whole allocator.
+NETWORK_SHARE = 0.6  # one batch's activations (or the graph pool holding them)
+BLEND_SHARE = 1 / 8  # a slab's two blending accumulators; as much again for the probability
+MAX_BATCH = 64
+# A graph's pool against the eager forward's peak: capture allocates the same tensors,
+# rounded up to the pool's segments.
+GRAPH_POOL_MARGIN = 1.25
+
+
+def allocator_bytes(gpu_memory_mb: float) -> float:
+    """What torch's allocator may reserve under a whole-GPU budget: the budget less the
+    CUDA context, never under ``MIN_ALLOCATOR_MB``."""
+    return max(gpu_memory_mb - CUDA_CONTEXT_MB, MIN_ALLOCATOR_MB) * 2**20
 
 
 def memory_fraction(gpu_memory_mb: float, device: str) -> float:
     """The share of ``device``'s memory torch's allocator may hold under the budget."""
     import torch
 
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**20
-    allocator_mb = max(gpu_memory_mb - CUDA_CONTEXT_MB, 256)
-    return float(min(allocator_mb / total, 1.0))
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return float(min(allocator_bytes(gpu_memory_mb) / total, 1.0))
+
+
+def tiles_per_batch(allocator: float, per_tile_bytes: float) -> int:
+    """Tiles per network batch: their activations within the network share."""
+    return int(min(max(NETWORK_SHARE * allocator // per_tile_bytes, 1), MAX_BATCH))
+
+
+def blending(allocator: float, shape) -> tuple[int, bool]:
+    """(slab depth, whether blended slabs go to host memory) for a (z, y, x) volume.
+
+    A slab's two accumulators take at most the blending share; the whole
+    network-resolution probability stays on the device only if it fits in another.
+    """
+    plane_bytes = 4 * shape[1] * max(shape[2], 1)
+    budget = allocator * BLEND_SHARE
+    slab = int(min(max(budget // (2 * plane_bytes), 1), 64))
+    return slab, plane_bytes * shape[0] > budget
+
+
+def graph_fits(limit_bytes: float, reserved_bytes: float, forward_peak_bytes: float) -> bool:
+    """Whether a CUDA graph may be captured: its private pool (about one eager forward's
+    peak, with a margin) beside what the allocator holds now stays under its limit.
+    Where it does not, that batch shape runs eagerly, which needs only the cache."""
+    return reserved_bytes + GRAPH_POOL_MARGIN * forward_peak_bytes <= limit_bytes
 
 
 # Resident memory per byte of input voxels (benchmark.container.host_memory, CPU, onnxruntime): a

@@ -4,6 +4,11 @@ Data flows one way: read -> preprocess -> sliding window -> decide and filter at
 network resolution -> restore onto the input grid -> write, the steps after
 preprocessing being ``inference.pipeline``'s. Each stage's time is logged per case.
 Training's threshold search and pseudo-labelling use this same class.
+
+No case is lost to GPU memory: a stage that runs out of it first retries smaller where it
+can (the sliding window halves its batch, preprocessing takes thinner slabs), then the
+case runs again from its file on the CPU, with one warning; the next case is back on
+the GPU.
 """
 
 from __future__ import annotations
@@ -19,18 +24,30 @@ import numpy as np
 
 from inference import nifti
 from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
-                                resolve_device)
-from inference.budget import (CUDA_CONTEXT_MB, DEFAULT_GPU_MEMORY_MB, host_memory,
-                              host_memory_limit_mb, may_read_ahead, memory_fraction)
+                                cpu_fallback_backend, resolve_device)
+from inference.budget import (DEFAULT_GPU_MEMORY_MB, allocator_bytes, blending, host_memory,
+                              host_memory_limit_mb, may_read_ahead, memory_fraction,
+                              tiles_per_batch)
 from inference.pipeline import decide, network_probability
 from inference.plans import Plan
-from inference.preprocess import Prepared, preprocess, restore, restore_probability
+from inference.preprocess import (PREPROCESS_SLAB, Prepared, preprocess, restore,
+                                  restore_probability)
 from inference.reading import FirstRead, cases_to_do, timed_read
 from inference.weights import load_plan
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "preprocess", "network", "postprocess", "restore", "write")
+TIMED_AS = {"probabilities": "restore"}  # stages timed within another
+RETRY_SLAB = 4  # input slices per slab when preprocessing again after running out of memory
+
+
+class OutOfDeviceMemory(RuntimeError):
+    """A stage of a case ran out of the device's memory after its own retries."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"out of GPU memory in {stage} ({reason})")
+        self.stage = stage
 
 
 @dataclass
@@ -53,6 +70,8 @@ class Predictor:
                  memory_limit_mb: float | None = None):
         start = time.perf_counter()
         self.memory_limit_mb = memory_limit_mb or host_memory_limit_mb()
+        self.threads = threads
+        self._cpu: Predictor | None = None  # where a case goes when the GPU cannot hold it
         self.weights = Path(weights)
         self.plan = plan or load_plan(self.weights)
         if step is not None:
@@ -83,27 +102,18 @@ class Predictor:
         from inference.model import tile_activation_bytes
 
         per_tile = tile_activation_bytes(self.plan.network, bytes_per_value=2)
-        free = (gpu_memory_mb - CUDA_CONTEXT_MB) * 2**20 * 0.6
-        return int(np.clip(free // per_tile, 1, 64))
+        return tiles_per_batch(allocator_bytes(gpu_memory_mb), per_tile)
 
     def _blending(self, shape) -> tuple[int, bool]:
-        """Slab depth and whether blended slabs go to host memory, from the budget.
-
-        The two accumulators of a slab take at most an eighth of the device budget; the
-        whole network-resolution probability stays on the device only if it fits in
-        another eighth.
-        """
-        plane_bytes = 4 * shape[1] * max(shape[2], 1)
-        budget = (self.gpu_memory_mb - CUDA_CONTEXT_MB) * 2**20 / 8
+        """Slab depth and whether blended slabs go to host memory (``budget.blending``)."""
         if self.device == "cpu":
             return 32, False
-        slab = int(np.clip(budget // (2 * plane_bytes), 1, 64))
-        return slab, plane_bytes * shape[0] > budget
+        return blending(allocator_bytes(self.gpu_memory_mb), shape)
 
-    def prepare(self, volume: nifti.CtVolume) -> Prepared:
+    def prepare(self, volume: nifti.CtVolume, slab: int = PREPROCESS_SLAB) -> Prepared:
         """The volume as the network sees it, on the backend's device."""
         return preprocess(volume.array, volume.spacing, volume.direction, self.plan,
-                          self.backend.prepare)
+                          self.backend.prepare, slab)
 
     def probability(self, prepared: Prepared, step: float | None = None,
                     progress=None) -> np.ndarray:
@@ -119,42 +129,92 @@ class Predictor:
         """Mask (uint8 z, y, x on the input grid) for one volume, with stage timings.
 
         ``release_input`` drops ``volume.array`` once it is preprocessed: the rest needs
-        only its grid, and the input is the largest array of the case.
+        only its grid, and the input is the largest array of the case. A stage out of the
+        device's memory after its retries raises ``OutOfDeviceMemory``.
         """
         result = CaseResult(case=str(volume.path or "array"))
-        t = time.perf_counter()
+        timings = result.timings
         shape = volume.array.shape
         try:
-            prepared = self.prepare(volume)
+            prepared = self._staged("preprocess", timings, self._prepare_retrying, volume)
         except nifti.InputError as error:
             raise nifti.InputError(f"{volume.path or 'the volume'}: {error}") from None
         if release_input:
             volume.array = None
-        result.timings["preprocess"] = _lap(t)
         post = self.plan.postprocessing
         if prepared.box is None:  # no body at all: nothing to find
             result.mask = np.zeros(shape, np.uint8)
             result.probability = np.zeros(shape, np.float32) if probabilities else None
             return result
-        t = time.perf_counter()
-        probability = self.probability(prepared, progress=progress)
+        probability = self._staged("network", timings, self.probability, prepared,
+                                   progress=progress)
         prepared.volume = None
         self._release()
-        result.timings["network"] = _lap(t)
-        t = time.perf_counter()
-        kept = decide(probability, prepared.spacing_zyx, post)
-        result.timings["postprocess"] = _lap(t)
-        t = time.perf_counter()
-        result.mask = restore(probability, kept, prepared, post.threshold)
+        kept = self._staged("postprocess", timings, decide, probability, prepared.spacing_zyx,
+                            post)
+        result.mask = self._staged("restore", timings, restore, probability, kept, prepared,
+                                   post.threshold)
         if probabilities:
-            result.probability = restore_probability(probability, prepared)
-        result.timings["restore"] = _lap(t)
+            result.probability = self._staged("probabilities", timings, restore_probability,
+                                              probability, prepared)
         return result
 
+    def _staged(self, stage: str, timings: dict, function, *args, **kwargs):
+        """``function(*args, **kwargs)``, its time added to ``timings``; out of the
+        device's memory, ``OutOfDeviceMemory`` (raised once the failed call's tensors are
+        no longer referenced, so that the memory can be handed back)."""
+        start = time.perf_counter()
+        try:
+            out = function(*args, **kwargs)
+        except self.backend.oom_errors as error:
+            reason = _first_sentences(error)
+        else:
+            key = TIMED_AS.get(stage, stage)
+            timings[key] = timings.get(key, 0.0) + _lap(start)
+            return out
+        raise OutOfDeviceMemory(stage, reason)
+
+    def _prepare_retrying(self, volume: nifti.CtVolume) -> Prepared:
+        """``prepare``; out of the device's memory, once more in thinner slabs."""
+        try:
+            return self.prepare(volume)
+        except self.backend.oom_errors:
+            pass  # leave the handler first: the failed call's tensors go with it
+        self._release()
+        log.info("%s: out of GPU memory in preprocess; again in slabs of %d slices",
+                 volume.path or "array", RETRY_SLAB)
+        return self.prepare(volume, slab=RETRY_SLAB)
+
     def _release(self) -> None:
-        """Hand cached GPU memory back as soon as the network is done (it is scored)."""
-        if self.backend.name == "torch" and self.device != "cpu":
-            self.backend.torch.cuda.empty_cache()
+        """Hand GPU memory back as soon as the network is done (it is scored), CUDA
+        graphs included, so the next stages have the whole budget."""
+        self.backend.release()
+
+    def _on_cpu(self) -> Predictor:
+        """The same weights and plan on the CPU (``cpu_fallback_backend``), built once."""
+        if self._cpu is None:
+            self._cpu = Predictor(self.weights, "cpu", cpu_fallback_backend(self.weights),
+                                  plan=self.plan, threads=self.threads,
+                                  memory_limit_mb=self.memory_limit_mb)
+        return self._cpu
+
+    def _predict_case(self, case: str, path: Path, volume: nifti.CtVolume,
+                      probabilities: bool) -> tuple[nifti.CtVolume, CaseResult]:
+        """(volume, prediction) on this predictor's device; a case its memory cannot hold
+        runs again on the CPU, from its file if its input was already released."""
+        try:
+            return volume, self.predict(volume, probabilities, release_input=True)
+        except OutOfDeviceMemory as error:
+            why = str(error)
+        self._release()
+        log.warning("%s: %s; running this case on the CPU (%s)", case, why,
+                    cpu_fallback_backend(self.weights))
+        read_s = 0.0
+        if volume.array is None:
+            volume, read_s = timed_read(path)
+        predicted = self._on_cpu().predict(volume, probabilities, release_input=True)
+        predicted.timings["read"] = read_s
+        return volume, predicted
 
     def run(self, cases: list[tuple[str, Path]], output_dir: Path, skip_existing: bool = False,
             save_probabilities: bool = False, show_progress: bool = True,
@@ -219,13 +279,11 @@ class Predictor:
                      self.memory_limit_mb)
         return ahead
 
-    def _run_one(self, case, path, future, output_dir, writer, save_probabilities,
-                 writes):
+    def _run_one(self, case, path, future, output_dir, writer, save_probabilities, writes):
         result = CaseResult(case=case)
         try:
             volume, read_s = future.result()
-            predicted = self.predict(volume, probabilities=save_probabilities,
-                                     release_input=True)
+            volume, predicted = self._predict_case(case, path, volume, save_probabilities)
         except nifti.InputError as error:
             result.error = str(error)
             log.error("%s", result.error)
@@ -240,6 +298,7 @@ class Predictor:
             result.error = f"{case}: failed ({type(error).__name__}: {error})"
             log.exception("%s", result.error)
             return result
+        read_s += predicted.timings.pop("read", 0.0)
         result.timings = {"read": read_s, **predicted.timings}
         mask, probability, grid = predicted.mask, predicted.probability, volume.grid
         del volume
@@ -268,6 +327,13 @@ class _Lossy:
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
+
+
+def _first_sentences(error: Exception, n: int = 2) -> str:
+    """The start of an error's message, for one line: torch's out-of-memory message
+    says what it tried to allocate in its first two sentences, then a paragraph more."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ". ".join(line.split(". ")[:n])[:160]
 
 
 def _lap(start: float) -> float:

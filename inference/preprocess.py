@@ -70,7 +70,10 @@ def box_smooth(a, widths):
     return a
 
 
-def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = 32):
+PREPROCESS_SLAB = 32  # input slices sent to the device and resized in plane at a time
+
+
+def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = PREPROCESS_SLAB):
     """Smooth and resize without ever holding the full-resolution crop as float32.
 
     Slabs of slices are converted (and sent to the device) one at a time, smoothed and
@@ -97,8 +100,10 @@ def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = 32)
 
 
 def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
-               to_device: Callable = np.ascontiguousarray) -> Prepared:
-    """Reorient, crop to the body, resample on the device, normalise."""
+               to_device: Callable = np.ascontiguousarray,
+               slab: int = PREPROCESS_SLAB) -> Prepared:
+    """Reorient, crop to the body, resample on the device (``slab`` slices at a time in
+    plane: the result is the same for any), normalise."""
     reorientation = Reorientation.to_target(direction, plan.orientation)
     oriented = reorientation.apply(array_zyx)
     spacing = reorientation.spacing_zyx(spacing_xyz)
@@ -109,7 +114,7 @@ def preprocess(array_zyx: np.ndarray, spacing_xyz, direction, plan: Plan,
     shape = network_shape(crop.shape, spacing, plan.target_spacing[::-1])
     _check_fits_in_memory(crop.shape, shape, spacing, plan)
     widths = smoothing_widths(spacing, plan.target_spacing[::-1]) if plan.smoothing else None
-    resampled = _resize_in_slabs(crop, shape, widths, to_device)
+    resampled = _resize_in_slabs(crop, shape, widths, to_device, slab)
     del crop
     n = plan.normalization
     array_ops(resampled).clip_(resampled, n.clip_low, n.clip_high)

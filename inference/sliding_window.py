@@ -199,7 +199,8 @@ def sliding_window(
                 if batch_size == 1:
                     raise
                 batch_size = max(batch_size // 2, 1)
-                log.warning("out of memory; retrying with %d tiles per batch", batch_size)
+                # info: the case's one warning comes from the predictor if it fails here
+                log.info("out of memory; retrying with %d tiles per batch", batch_size)
                 ops.release_cached_memory()
                 continue
             weighted = probs * weight  # one operation for the batch, not one per tile

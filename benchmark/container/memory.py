@@ -131,6 +131,20 @@ def nvml_available(index: int = 0) -> bool:
         pynvml.nvmlShutdown()
 
 
+def idle_mb(index: int = 0) -> float | None:
+    """Whole-GPU memory in use now (NVML ``used``, MB): read before a run, the floor its
+    maximum stands on (other processes, and what some drivers report on an idle GPU).
+    None without NVML or that GPU."""
+    if not nvml_available(index):
+        return None
+    sampler = NvmlSampler(index)
+    sampler.open()
+    try:
+        return sampler()
+    finally:
+        sampler.close()
+
+
 def rss_available() -> bool:
     """True when psutil (needed to sample RSS without a GPU) is installed."""
     try:

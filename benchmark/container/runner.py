@@ -26,6 +26,7 @@ import resource
 import shutil
 import shlex
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -35,7 +36,7 @@ from typing import Sequence
 
 import SimpleITK as sitk
 
-from benchmark.container.memory import MemoryPoller, MemoryTrace, default_sampler
+from benchmark.container.memory import MemoryPoller, MemoryTrace, default_sampler, idle_mb
 from benchmark.machine import ROOT
 from evaluation.evaluate import DIRECTION_ATOL, GRID_ATOL_MM
 
@@ -63,6 +64,8 @@ class CaseRun:
     backend: str | None = None
     device: str | None = None
     error: str | None = None
+    idle_mb: float | None = None  # whole-GPU memory in use just before the run (NVML)
+    read_wait_s: float | None = None  # torch: the model build's wait for the first read
 
     @property
     def stage_sum(self) -> float | None:
@@ -86,10 +89,11 @@ class CaseRun:
             "time_s": self.time_s, "cpu_s": self.cpu_s, "exit_code": self.exit_code,
             "output_ok": self.output_ok,
             "memory": self.trace.kind, "max_mb": self.trace.peak, "area_mb_s": self.trace.area,
-            "samples": len(self.trace.samples),
+            "samples": len(self.trace.samples), "idle_mb": self.idle_mb,
         }
         row.update({f"{s}_s": self.timings.get(s) for s in STAGES})
-        row.update({"startup_s": self.startup_s, "other_s": self.other_s,
+        row.update({"startup_s": self.startup_s, "read_wait_s": self.read_wait_s,
+                    "other_s": self.other_s,
                     "backend": self.backend, "device": self.device, "error": self.error})
         return row
 
@@ -206,6 +210,7 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
             cmd = local_command(timings_json, weights, backend, device, extra)
             env = {**os.environ, "INPUT_DIR": str(inputs), "OUTPUT_DIR": str(outputs)}
         log_path = ws / "run.log"
+        idle = idle_mb(gpu_index) if sampler.kind == "gpu" else None
         poller = MemoryPoller(sampler).start()
         error = None
         with open(log_path, "wb") as log_file:
@@ -242,11 +247,13 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
             Path(keep_mask).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(mask, keep_mask)
         run = CaseRun(case, size, spacing, elapsed, code, trace, output_ok, error=error,
-                      cpu_s=None if docker else cpu_s)  # a container's CPU is not our child's
+                      cpu_s=None if docker else cpu_s,  # a container's CPU is not our child's
+                      idle_mb=idle)
         if timings_json is not None and timings_json.is_file():
             data = json.loads(timings_json.read_text())
-            run.startup_s, run.backend, run.device = (
-                data.get("startup_s"), data.get("backend"), data.get("device"))
+            run.startup_s, run.backend, run.device, run.read_wait_s = (
+                data.get("startup_s"), data.get("backend"), data.get("device"),
+                data.get("read_wait_s"))
             for entry in data.get("cases", []):
                 if entry.get("case") == case:
                     run.timings = {s: entry[s] for s in STAGES if s in entry}
@@ -254,6 +261,29 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
     if trace.errors:
         log.warning("%s: memory sampling problems: %s", case, "; ".join(trace.errors))
     return run
+
+
+FLOOR_CODE = "import torch; torch.ones(1, device={device!r}).sum().item()"
+
+
+def floor_s(device: str, repeats: int = 3, python: str = "python3") -> float | None:
+    """Median wall-clock of a fresh ``python3 -c "import torch; torch.ones(1, device=...)
+    .sum().item()"``: the start-up any torch run on ``device`` pays before its own work,
+    the floor a run's time is read above. None (said once) where that command fails."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        try:
+            done = subprocess.run([python, "-c", FLOOR_CODE.format(device=device)],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except OSError as error:
+            done = subprocess.CompletedProcess(python, 127, "", str(error))
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            log.warning("the start-up floor could not be measured on %s: %s", device, tail)
+            return None
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def list_inputs(folder: Path) -> list[Path]:

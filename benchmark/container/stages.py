@@ -103,7 +103,11 @@ def main(argv=None) -> int:
         + ("" if args.no_warmup else ", after one unrecorded warm-up run"),
         f"- weights: `{weights['path']}`, preset `{weights['preset']}`, {trained}",
         f"- backend: {run.backend} on {run.device}",
-        f"- {mem}: {run.trace.peak:.0f} MB; memory-time area {run.trace.area:.0f} MB*s", "",
+        f"- {mem}: {run.trace.peak:.0f} MB; memory-time area {run.trace.area:.0f} MB*s"
+        + ("" if run.idle_mb is None else f" (idle before the run {run.idle_mb:.0f} MB)"),
+        *([] if run.read_wait_s is None else [
+            f"- torch builds the model after the first read: it waited {run.read_wait_s:.2f} s "
+            "for it after `import torch`"]), "",
         table,
         "Stages and model load come from the run's `--timings-json`; interpreter start is "
         "a separate `python3 -c pass` (best of 3); imports and exit are the rest.", ""])

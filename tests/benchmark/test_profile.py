@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 
 import pytest
 
@@ -30,16 +31,47 @@ def test_profile_one_tiny_case_end_to_end(tiny_case_dir, tiny_weights, tmp_path)
     assert float(row["time_s"]) > 0 and int(row["samples"]) >= 1
     assert float(row["cpu_s"]) > 0  # the run's own CPU seconds, read from its rusage
     assert float(row["max_mb"]) > 0 and float(row["area_mb_s"]) > 0
+    # the floors of the same invocation: a fresh torch start-up on the run's device, and
+    # the idle whole-GPU memory (blank without NVML)
+    floor = float(row["floor_s"])
+    assert 0 < floor < 60
+    assert (row["idle_mb"] == "") == (not nvml_available())
     stages_sum = sum(float(row[f"{s}_s"]) for s in profile.STAGES)
     assert 0 < stages_sum < float(row["time_s"])
     assert float(row["other_s"]) > 0  # the interpreter and imports are never free
     md = csv_path.with_suffix(".md").read_text()
     assert "| bench | 96x80x12 | 12 |" in md
     assert "untrained" in md and "## The paper's Table 4" in md
+    net = float(row["median_time_s"]) - floor
+    assert f"| {float(row['median_time_s']):.2f} | {net:.2f} |" in md
+    assert f"start-up floor `floor_s` {floor:.2f} s" in md
     if not nvml_available():
         assert row["memory"] == "rss" and "not comparable with the paper's GPU memory" in md
     assert csv_path.with_suffix(".png").stat().st_size > 0
     assert "/tmp/" not in md  # no absolute paths of this machine in results
+
+
+def test_the_floor_is_none_where_torch_cannot_start_on_the_device(tmp_path, caplog):
+    from benchmark.container.runner import floor_s
+
+    assert floor_s("cpu", repeats=1, python=sys.executable) > 0
+    if not torch_cuda():
+        assert floor_s("cuda:0", repeats=1, python=sys.executable) is None
+        assert "could not be measured on cuda:0" in caplog.text
+    assert floor_s("cpu", python=str(tmp_path / "no-python")) is None
+
+
+def test_idle_memory_is_none_without_nvml(monkeypatch):
+    from benchmark.container import memory
+
+    monkeypatch.setattr(memory, "nvml_available", lambda index=0: False)
+    assert memory.idle_mb() is None
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def test_profile_exits_2_without_inputs(tmp_path):

@@ -71,8 +71,39 @@ def test_masks_must_equal_the_reference_run(run, tmp_path):
     changed[0, 0, 0] = 1
     sitk.WriteImage(image(changed), str(reference / "case.nii.gz"))
     problems = verify(inputs, outputs, same_as=reference)
-    assert len(problems) == 1 and "differs" in problems[0] and "in 1 voxels" in problems[0]
+    assert len(problems) == 1 and "differs" in problems[0]
+    assert problems[0].endswith("1 of 25 voxels marked by either differ (4.000 %)")
     assert verify(inputs, outputs, same_as=outputs) == []
+
+
+def test_the_agreement_is_counted_over_the_voxels_either_mask_marks(run, tmp_path, capsys):
+    inputs, outputs, mask = run  # 24 voxels marked
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    changed = mask.copy()
+    changed[2, 3, 4] = 0  # one voxel unmarked
+    changed[5, 9, 11] = 1  # one voxel marked elsewhere
+    sitk.WriteImage(image(changed), str(reference / "case.nii.gz"))
+    said = []
+    problems = verify(inputs, outputs, same_as=reference, tolerance=10.0, report=said.append)
+    assert problems == [] and said == [
+        f"{outputs / 'case.nii.gz'}: 2 of 25 voxels marked by either differ (8.000 %)"]
+    assert len(verify(inputs, outputs, same_as=reference, tolerance=7.9)) == 1
+    # the command line prints the line for every case, and fails beyond the tolerance
+    args = ["--inputs", str(inputs), "--outputs", str(outputs), "--same-as", str(reference)]
+    assert verify_module.main(args + ["--tolerance", "8"]) == 0
+    assert "2 of 25 voxels marked by either differ (8.000 %)" in capsys.readouterr().out
+    assert verify_module.main(args + ["--tolerance", "0.1"]) == 1
+
+
+def test_two_empty_masks_agree_with_nothing_marked(run, tmp_path):
+    inputs, outputs, mask = run
+    for folder in (outputs, tmp_path / "empty"):
+        folder.mkdir(exist_ok=True)
+        sitk.WriteImage(image(np.zeros_like(mask)), str(folder / "case.nii.gz"))
+    said = []
+    assert verify(inputs, outputs, same_as=tmp_path / "empty", report=said.append) == []
+    assert said[0].endswith("0 of 0 voxels marked by either differ (0.000 %)")
 
 
 def test_a_run_meant_to_fail_must_leave_the_folder_empty(run, tmp_path):

@@ -47,6 +47,23 @@ def test_cuda_modes_agree_with_fp32_and_pad_small_batches(tiny_weights, tiles, m
     assert float((part - full[:2]).abs().max()) < 1e-2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_graphs_are_captured_where_they_fit_and_released_after_the_network(tiny_weights,
+                                                                                tiles):
+    plan = load_plan(tiny_weights)
+    backend = TorchBackend(tiny_weights, plan, "cuda", mode="grouped/autocast/graph")
+    eager = TorchBackend(tiny_weights, plan, "cuda", mode="grouped/autocast")(tiles.cuda())
+    out = backend(tiles.cuda())
+    assert backend.graphs[tuple(tiles.shape)] is not None
+    held = torch.cuda.memory_reserved()
+    backend.release()  # the pool goes with the graph
+    assert backend.graphs == {} and torch.cuda.memory_reserved() < held
+    backend.memory_limit = torch.cuda.memory_reserved()  # no room for a pool
+    again = backend(tiles.cuda())
+    assert backend.graphs[tuple(tiles.shape)] is None  # this shape runs eagerly
+    assert float((out - eager).abs().max()) < 1e-2 and float((again - eager).abs().max()) < 1e-2
+
+
 def test_auto_runs_onnxruntime_on_a_gpu_when_torch_is_missing(monkeypatch, caplog):
     # An image built on a base without torch (container/build.sh --local-base) on a GPU machine.
     from inference import backends

@@ -31,6 +31,9 @@ class BrightIsLesion:
         hu = tiles[:, tiles.shape[1] // 2] * n.std + n.mean
         return 1 / (1 + np.exp(-(hu - 120) / 20))
 
+    def release(self):
+        pass
+
 
 def two_spheres(shape_zyx=(32, 110, 110)):
     """Soft tissue with a large bright sphere (r 9 mm) and a small one (r 3 mm); distances in mm."""
