@@ -99,20 +99,6 @@ class RssTreeSampler:
         pass
 
 
-def idle_mb(sampler) -> float | None:
-    """One reading of a fresh sampler before a run: the whole-GPU memory already in use (MB).
-
-    None for the RSS tree: a run that has not started holds nothing, so there is no floor.
-    """
-    if sampler.kind != "gpu":
-        return None
-    sampler.open()
-    try:
-        return float(sampler())
-    finally:
-        sampler.close()
-
-
 def nvml_available(index: int = 0) -> bool:
     """True when NVML loads and GPU ``index`` exists."""
     try:
@@ -131,16 +117,20 @@ def nvml_available(index: int = 0) -> bool:
         pynvml.nvmlShutdown()
 
 
-def idle_mb(index: int = 0) -> float | None:
-    """Whole-GPU memory in use now (NVML ``used``, MB): read before a run, the floor its
-    maximum stands on (other processes, and what some drivers report on an idle GPU).
-    None without NVML or that GPU."""
-    if not nvml_available(index):
+def idle_mb(sampler=None) -> float | None:
+    """Whole-GPU memory in use now (MB), one reading of a fresh sampler before a run: the
+    floor its maximum stands on (other processes, and what some drivers report on an idle
+    GPU). ``sampler`` defaults to NVML's GPU 0. None without NVML, and for the RSS tree:
+    a run that has not started holds nothing."""
+    if sampler is None:
+        if not nvml_available(0):
+            return None
+        sampler = NvmlSampler(0)
+    if sampler.kind != "gpu":
         return None
-    sampler = NvmlSampler(index)
     sampler.open()
     try:
-        return sampler()
+        return float(sampler())
     finally:
         sampler.close()
 

@@ -36,7 +36,8 @@ from typing import Sequence
 
 import SimpleITK as sitk
 
-from benchmark.container.memory import MemoryPoller, MemoryTrace, default_sampler, idle_mb
+from benchmark.container.memory import (MemoryPoller, MemoryTrace, NvmlSampler, default_sampler,
+                                        idle_mb)
 from benchmark.machine import ROOT
 from evaluation.evaluate import DIRECTION_ATOL, GRID_ATOL_MM
 
@@ -210,7 +211,7 @@ def run_case(path: str | Path, *, docker: str | None = None, weights: Path | Non
             cmd = local_command(timings_json, weights, backend, device, extra)
             env = {**os.environ, "INPUT_DIR": str(inputs), "OUTPUT_DIR": str(outputs)}
         log_path = ws / "run.log"
-        idle = idle_mb(gpu_index) if sampler.kind == "gpu" else None
+        idle = idle_mb(NvmlSampler(gpu_index)) if sampler.kind == "gpu" else None
         poller = MemoryPoller(sampler).start()
         error = None
         with open(log_path, "wb") as log_file:
