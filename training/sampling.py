@@ -15,8 +15,9 @@ mid-sized lesions get as many samples as large ones. Windows are cut larger than
 (``training.augment.window_for`` of the augmentation in use) so rotation and scaling in
 ``training.augment`` never pull in padding.
 
-Seeds are a function of (seed, rank, epoch, worker), so a resumed run draws the same
-samples as an uninterrupted one and each DDP rank draws its own.
+Each batch has its own seed, a function of (seed, rank, epoch, batch number): a resumed run
+draws the same samples as an uninterrupted one, each DDP rank draws its own, and the
+number of DataLoader workers that make them changes nothing.
 """
 
 from __future__ import annotations
@@ -149,16 +150,29 @@ class PatchSampler:
 
 
 class BatchStream(IterableDataset):
-    """``iterations`` batches for one epoch; DataLoader workers split them between them."""
+    """The batches of epochs ``first_epoch`` to ``last_epoch`` (excluded; default: that one
+    epoch), ``iterations`` each, in order.
+
+    DataLoader workers deal them out: worker w makes every batch n (counted from the first)
+    with n % workers == w, which is the order the DataLoader asks its workers in, so the
+    stream is the same with any number of them. One stream for the whole run lets the
+    workers run ahead across an epoch's end (its validation and checkpoint).
+    """
 
     def __init__(self, sampler: PatchSampler, batch_size: int, iterations: int, seed: int,
-                 rank: int, epoch: int):
+                 rank: int, first_epoch: int, last_epoch: int | None = None):
         self.sampler, self.batch_size, self.iterations = sampler, batch_size, iterations
-        self.seed, self.rank, self.epoch = seed, rank, epoch
+        self.seed, self.rank = seed, rank
+        self.first_epoch = first_epoch
+        self.last_epoch = first_epoch + 1 if last_epoch is None else last_epoch
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.rank, self.epoch, worker])
-        for _ in range(worker, self.iterations, workers):
-            yield self.sampler.batch(rng, self.batch_size)
+        n = 0
+        for epoch in range(self.first_epoch, self.last_epoch):
+            for i in range(self.iterations):
+                if n % workers == worker:
+                    rng = np.random.default_rng([self.seed, self.rank, epoch, i])
+                    yield self.sampler.batch(rng, self.batch_size)
+                n += 1

@@ -19,7 +19,7 @@ import torch
 
 from inference.model import build_model
 from inference.plans import Plan
-from training import trainer
+from training import step, trainer
 from training.export import run_export
 from training.loss import DeepSupervisionLoss
 from training.sampling import load_cases
@@ -153,7 +153,7 @@ def in_process_training(monkeypatch):
     handlers = {h: h.level for h in root.handlers}
     level, threads = root.level, torch.get_num_threads()
     clock = SimpleNamespace(steps=0, start=0.0, kill=None)
-    real_apply = trainer.apply_gradients
+    real_apply = step.apply_gradients
 
     def apply_gradients(*args, **kwargs):
         if clock.steps == clock.kill:
@@ -161,7 +161,7 @@ def in_process_training(monkeypatch):
         real_apply(*args, **kwargs)
         clock.steps += 1
 
-    monkeypatch.setattr(trainer, "apply_gradients", apply_gradients)
+    monkeypatch.setattr(step, "apply_gradients", apply_gradients)
     monkeypatch.setattr(trainer, "time",
                         SimpleNamespace(perf_counter=lambda: clock.start + clock.steps))
 
