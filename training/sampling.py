@@ -23,6 +23,8 @@ number of DataLoader workers that make them changes nothing.
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass, field
 
 import cc3d
@@ -34,6 +36,9 @@ from training.augment import NNUNET, AugmentConfig, lesion_reach, window_for
 from training.preprocessing import load_case
 
 OVERSAMPLE = 1 / 3
+# a batch that was not ready when the step asked for it: the loop blocked this long or more
+# (taking a ready one from a worker's queue takes a fraction of it)
+DATA_WAIT_S = 1e-3
 LESION_SAMPLING = ("voxel", "lesion")
 
 
@@ -176,3 +181,28 @@ class BatchStream(IterableDataset):
                     rng = np.random.default_rng([self.seed, self.rank, epoch, i])
                     yield self.sampler.batch(rng, self.batch_size)
                 n += 1
+
+
+def batch_loader(stream: BatchStream, workers: int, device: torch.device):
+    """A stream's batches made by ``workers`` processes ahead of the step, in pinned memory
+    on CUDA (the copy to the device then runs while the host goes on)."""
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                       pin_memory=device.type == "cuda")
+
+
+def next_batch(batches) -> tuple[dict, float]:
+    """The next batch and the seconds the loop waited for it."""
+    t = time.perf_counter()
+    batch = next(batches)
+    return batch, time.perf_counter() - t
+
+
+def data_workers(requested, device: torch.device, world: int = 1) -> int:
+    """DataLoader workers per process: ``requested``, or by default none on the CPU (they
+    would take cores from the step) and on CUDA all but one of this process's share of the
+    cores, at most 8."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // world - 1))

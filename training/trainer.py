@@ -46,14 +46,12 @@ from inference.preprocess import pad_value
 from training.augment import AUGMENTATIONS
 from training.preprocessing import cached_cases
 from training.reporting import add_log_file, plot_curves, write_csv
-from training.sampling import BatchStream, PatchSampler, load_cases
+from training.sampling import (DATA_WAIT_S, BatchStream, PatchSampler, batch_loader,
+                               data_workers, load_cases, next_batch)
 from training.step import StepOptions, prepare_step, set_lr, set_up_step, train_step
 from training.validation import validate
 
 log = logging.getLogger(__name__)
-# a batch that was not ready when the step asked for it: the loop blocked this long or more
-# (taking a ready one from a worker's queue takes a fraction of it)
-DATA_WAIT_S = 1e-3
 
 LAST, BEST, SPLIT = "checkpoint_last.pt", "checkpoint_best.pt", "split.json"
 T_START, T_END = 30.0, 1.0
@@ -270,17 +268,6 @@ def _describe(options: StepOptions) -> str:
             f"Adam {options.adam}, loss {options.loss_kernels}")
 
 
-def data_workers(requested, device: torch.device, world: int = 1) -> int:
-    """DataLoader workers per process: ``requested``, or by default none on the CPU (they
-    would take cores from the step) and on CUDA all but one of this process's share of the
-    cores, at most 8."""
-    if requested is not None:
-        return requested
-    if device.type != "cuda":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) // world - 1))
-
-
 def _set_up(args) -> Run:
     device, rank, world = _setup_distributed(args.device)
     if device.type == "cpu" and getattr(args, "threads", 0):
@@ -392,20 +379,6 @@ def _loader(run: Run, start_epoch: int):
     return batch_loader(BatchStream(run.sampler, run.batch_size, args.iterations, args.seed,
                                     run.rank, start_epoch, args.epochs), run.workers,
                         run.device)
-
-
-def batch_loader(stream: BatchStream, workers: int, device: torch.device):
-    """A stream's batches made by ``workers`` processes ahead of the step, in pinned memory
-    on CUDA (the copy to the device then runs while the host goes on)."""
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                       pin_memory=device.type == "cuda")
-
-
-def next_batch(batches) -> tuple[dict, float]:
-    """The next batch and the seconds the loop waited for it."""
-    t = time.perf_counter()
-    batch = next(batches)
-    return batch, time.perf_counter() - t
 
 
 def _run_epoch(run: Run, epoch: int, batches) -> tuple[list, list, list]:

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from benchmark.training.modes import build_run, parse_mode, synthetic_cases
 from training import step
 from training.augment import window_for
 from training.sampling import BatchStream, PatchSampler
@@ -28,8 +29,6 @@ WINDOW = 20
 
 def loss_curve(device, mode, args, data_seed: int = 0) -> list[float]:
     """The loss of each of the first ``args.curve_steps`` steps of ``mode``."""
-    from benchmark.training.train_steps import build_run, synthetic_cases
-
     run = build_run(device, mode, args.preset, args.patch, args.dice)
     run.generator.manual_seed(data_seed)
     window = window_for(run.plan.patch_size, run.aug)
@@ -66,8 +65,6 @@ def compare(curve: list[float], reference: list[float], other_seed: list[float])
 
 def compare_modes(device, modes, args) -> dict:
     """Each mode's ``compare`` record, by mode text (the mode's error where it fails)."""
-    from benchmark.training.train_steps import parse_mode
-
     reference_mode = parse_mode(REFERENCE)
     reference = loss_curve(device, reference_mode, args)
     other_seed = loss_curve(device, reference_mode, args, data_seed=1)

@@ -5,13 +5,9 @@
         --modes grouped/auto/adam=default/loss=per-level/sync=off grouped/bf16/graph \\
         [--data loader --workers 7] [--curve-steps 200] [-o benchmark/results/training]
 
-A mode is FORM/AMP[/LEVER...]: the dynamic-convolution form (grouped, branches), the
-``--amp`` value of ``training train`` (auto, on, off, bf16), then any of
-``adam=default|foreach|fused``, ``loss=per-level|batched``, ``compile=MODE``, ``graph``
-(the whole step as one CUDA graph) and ``sync=on|off`` (augmentation that asks the device
-nothing; default on CUDA only). A lever left out takes the trainer's default for the
-device, so ``grouped/auto`` is what ``training train`` does there and
-``grouped/auto/adam=default/loss=per-level/sync=off`` what it did before the levers.
+Modes (``benchmark.training.modes``) are FORM/AMP[/LEVER...]; a lever left out takes the
+trainer's default for the device, so ``grouped/auto`` is what ``training train`` does there
+and ``grouped/auto/adam=default/loss=per-level/sync=off`` what it did before the levers.
 
 Per mode, on the trainer's own step (``training.step.train_step``), after ``--warmup``
 steps: the pieces (eager modes; the device drained around each, so they add up to more
@@ -42,106 +38,16 @@ import torch
 from benchmark import machine
 from benchmark.machine import results_dir
 from benchmark.network.launches import OperationCounter
-from inference.model import DYNAMIC_FORMS
-from inference.plans import Plan
-from training import step, trainer
-from training.augment import AUGMENTATIONS, window_for
-from training.sampling import BatchStream, CachedCase, PatchSampler, lesion_components
-from training.step import StepOptions
-from training.trainer import DATA_WAIT_S, amp_dtype
+from benchmark.training.modes import (Mode, build_run, parse_mode, synthetic_batch,
+                                      synthetic_cases)
+from training import step
+from training.augment import window_for
+from training.sampling import DATA_WAIT_S, BatchStream, PatchSampler, batch_loader, next_batch
 
 RESULTS = results_dir("training")
-AMPS = ("auto", "on", "off", "bf16")
 HOST_READS = {"_local_scalar_dense"}  # a tensor read by the host: never a kernel
 LAUNCH_CALLS = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
                 "cudaGraphLaunch"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Mode:
-    text: str
-    form: str
-    amp: str
-    options: StepOptions
-    sync_free: bool | None  # None: the device's default
-
-    @property
-    def eager(self) -> bool:
-        return self.options.compile == "off" and not self.options.cuda_graph
-
-
-def parse_mode(text: str) -> Mode:
-    """``FORM/AMP[/LEVER...]`` (see the module); ValueError names what is wrong."""
-    form, amp, *levers = text.split("/") if "/" in text else (text, "")
-    if form not in DYNAMIC_FORMS or amp not in AMPS:
-        raise ValueError(f"mode {text!r}: expected FORM/AMP with FORM one of "
-                         f"{', '.join(DYNAMIC_FORMS)} and AMP one of {', '.join(AMPS)}")
-    values, sync_free = {}, None
-    for lever in levers:
-        key, _, value = lever.partition("=")
-        if lever == "graph":
-            values["cuda_graph"] = True
-        elif key in ("adam", "compile") and value:
-            values[key] = value
-        elif key == "loss" and value:
-            values["loss_kernels"] = value
-        elif key == "sync" and value in ("on", "off"):
-            sync_free = value == "on"
-        else:
-            raise ValueError(f"mode {text!r}: unknown lever {lever!r}")
-    return Mode(text, form, amp, StepOptions(**values), sync_free)
-
-
-def synthetic_batch(batch: int, context: int, window, generator: torch.Generator):
-    """Sampler-shaped batch: (wy, wx) windows larger than the patch (the sampler's
-    extent) with a disc lesion in every other sample."""
-    wy, wx = window
-    image = torch.randn(batch, context, wy, wx, generator=generator)
-    yy, xx = torch.meshgrid(torch.arange(wy), torch.arange(wx), indexing="ij")
-    disc = ((yy - wy / 2) ** 2 + (xx - wx / 2) ** 2) < (min(wy, wx) / 8) ** 2
-    label = torch.zeros(batch, wy, wx, dtype=torch.uint8)
-    label[::2] = disc.to(torch.uint8)
-    return image, label, torch.zeros(batch, dtype=torch.bool)
-
-
-def synthetic_cases(window, n: int = 4, slices: int = 12, seed: int = 0) -> list[CachedCase]:
-    """Cached-case stand-ins twice the window across, each with one ball-shaped lesion."""
-    rng = np.random.default_rng(seed)
-    size = 2 * max(window)
-    zz, yy, xx = np.ogrid[:slices, :size, :size]
-    cases = []
-    for i in range(n):
-        image = rng.standard_normal((slices, size, size), dtype=np.float32).astype(np.float16)
-        cz, cy, cx = slices // 2, *rng.integers(size // 4, 3 * size // 4, 2)
-        label = (((zz - cz) * 4) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2
-                 < (size // 10) ** 2).astype(np.uint8)
-        cases.append(CachedCase(f"synthetic_{i}", image, label, np.argwhere(label), False,
-                                (3.0, 2.0, 2.0), lesion_components(label)))
-    return cases
-
-
-def build_run(device: torch.device, mode: Mode, preset: str, patch, dice: str = "sample",
-              seed: int = 0, lr: float = 1e-3) -> trainer.Run:
-    """A trainer Run for ``mode``: the network from ``seed`` (heads at the trainer's lesion
-    prior), the demo's loss and light augmentation, Adam without weight decay."""
-    plan = Plan(preset=preset, patch_size=tuple(patch))
-    torch.manual_seed(seed)
-    network = trainer.build_network(plan)
-    trainer.init_lesion_prior(network, 0.01)
-    network = network.to(device)
-    network.set_dynamic_form(mode.form)
-    network.set_temperature(1.0)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    run = trainer.Run(device=device, plan=plan, network=network, model=network, world=1,
-                      precision=amp_dtype(device, mode.amp), aug=AUGMENTATIONS["light"],
-                      generator=generator)
-    step.set_up_step(run, mode.options, lr, 0.0, loss=dict(
-        partial_mode="ignore", margin=8, dice=dice, deep_supervision="halving"))
-    if mode.sync_free is not None:
-        run.sync_free = mode.sync_free
-    step.prepare_step(run)
-    return run
 
 
 def _sync(device) -> None:
@@ -230,8 +136,8 @@ def batch_source(run, args):
     sampler = PatchSampler(synthetic_cases(window), plan.patch_size, plan.context_slices,
                            oversample=0.5, augmentation=run.aug)
     stream = BatchStream(sampler, args.batch, 10**9, 0, 0, 0)
-    batches = iter(trainer.batch_loader(stream, args.workers, run.device))
-    return lambda: trainer.next_batch(batches)
+    batches = iter(batch_loader(stream, args.workers, run.device))
+    return lambda: next_batch(batches)
 
 
 def measure(device, mode: Mode, args) -> dict:
@@ -272,8 +178,9 @@ def _kernels(record: dict, device) -> dict:
             "kernels_counted_by": "dispatch counter (CPU)"}
 
 
-def run_modes(device, modes: list[Mode], args) -> tuple[list[dict], bool]:
-    """Every mode's record, printed as it comes; a failed mode becomes its error."""
+def run_modes(device, modes: list[Mode], args, save) -> tuple[list[dict], bool]:
+    """Every mode's record, printed and saved as it comes; a failed mode becomes its
+    error."""
     records, failed = [], False
     for mode in modes:
         try:
@@ -288,6 +195,7 @@ def run_modes(device, modes: list[Mode], args) -> tuple[list[dict], bool]:
         if table:
             print(table, flush=True)
         records.append(record)
+        save(records)
     return records, failed
 
 
@@ -301,23 +209,33 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    records, failed = run_modes(device, modes, args)
+    save = _writer(args, device)
+    records, failed = run_modes(device, modes, args, save)
     if args.curve_steps:
         from benchmark.training.curves import compare_modes
 
         curves = compare_modes(device, modes, args)
         for record in records:
             record["curve"] = curves.get(record["mode"])
-    if args.output:
-        stamp = machine.stamp()
-        name = f"train_steps_{machine.slug(stamp, device.type)}{'_' + args.tag if args.tag else ''}"
-        path = Path(args.output) / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        save(records)
+    return 1 if failed else 0
+
+
+def _writer(args, device):
+    """``save(records)``: the dated JSON record, rewritten whole (each mode's as it comes,
+    so a run stopped by a time limit keeps what it measured); a no-op without ``-o``."""
+    if not args.output:
+        return lambda records: None
+    stamp = machine.stamp()
+    name = f"train_steps_{machine.slug(stamp, device.type)}{'_' + args.tag if args.tag else ''}"
+    path = Path(args.output) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(records):
         path.write_text(json.dumps({"machine": stamp, "device": str(device),
                                     "torch": torch.__version__, "records": records},
                                    indent=1) + "\n")
-        print(f"wrote {path}", flush=True)
-    return 1 if failed else 0
+    return save
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -60,6 +60,7 @@ def test_learning_rate_follows_the_time_budget_when_it_runs_out_first():
 def test_amp_dtype_fp16_on_cuda_bf16_on_the_cpu_only_when_asked():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert amp_dtype(cuda, "auto") == amp_dtype(cuda, "on") == torch.float16
+    assert amp_dtype(cuda, "bf16") == amp_dtype(cpu, "bf16") == torch.bfloat16
     assert amp_dtype(cuda, "off") is None and amp_dtype(cpu, "off") is None
     assert amp_dtype(cpu, "on") == torch.bfloat16
     assert amp_dtype(cpu, "auto") is None
@@ -195,6 +196,9 @@ def test_time_limited_run_anneals_the_learning_rate_to_its_minimum(small_plan, c
     assert lrs[-1] == pytest.approx(1e-5, abs=1e-9)  # eta_min = lr / 100: fully annealed
     assert lrs[0] == pytest.approx(cosine_lr(2 / 9.5, 1e-3, 1e-5))  # 2 of 9.5 s, not 1 of 10
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert all(0 <= row["data_wait_fraction"] <= 1 for row in history)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert "data_wait_fraction" in next(csv.DictReader(f))
     state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5, abs=1e-9)
 

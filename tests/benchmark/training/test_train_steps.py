@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from benchmark.training.curves import compare, rms_gap
-from benchmark.training.train_steps import main, parse_mode, synthetic_batch
+from benchmark.training.modes import best_mode, parse_mode, synthetic_batch, trainer_flags
+from benchmark.training.train_steps import main
 
 
 def test_synthetic_batch_has_the_samplers_shapes_and_lesions_in_every_other_sample():
@@ -80,3 +81,24 @@ def test_curve_comparison_tells_a_shifted_curve_from_noise():
     assert rms_gap(other_seed, reference) == pytest.approx(0.02)
     assert compare([v + 0.01 for v in reference], reference, other_seed)["within_noise"]
     assert not compare([v + 0.05 for v in reference], reference, other_seed)["within_noise"]
+
+
+def test_the_fastest_mode_within_noise_becomes_the_trainers_options():
+    curve = {"within_noise": True, "finite": True}
+    records = [{"mode": "grouped/auto", "steps_per_s": 10, "curve": curve},
+               {"mode": "grouped/bf16/graph", "steps_per_s": 50, "curve": curve},
+               {"mode": "grouped/off/graph", "steps_per_s": 90,
+                "curve": {"within_noise": False, "finite": True}},
+               {"mode": "grouped/bf16/compile=default", "error": "RuntimeError: boom"}]
+    assert best_mode(records) == "grouped/bf16/graph"
+    assert best_mode(records[2:]) is None
+    assert trainer_flags(parse_mode("grouped/bf16/graph")) == [
+        "--dynamic-form", "grouped", "--amp", "bf16", "--adam", "auto", "--loss-kernels", "auto",
+        "--compile", "off", "--cuda-graph"]
+    from training.__main__ import parser
+
+    args = parser().parse_args(["train", "-p", "p", "-c", "c", "-o", "o",
+                                *trainer_flags(parse_mode("branches/on/adam=fused/loss=batched/"
+                                                          "compile=max-autotune"))])
+    assert (args.dynamic_form, args.amp, args.adam, args.loss_kernels, args.compile,
+            args.cuda_graph) == ("branches", "on", "fused", "batched", "max-autotune", False)
