@@ -150,23 +150,29 @@ def measure(device, mode: Mode, args) -> dict:
               "levers": dataclasses.asdict(run.options) | {"sync_free": run.sync_free},
               "data": args.data, "workers": args.workers if args.data == "loader" else None}
     warm_ms, _ = free_running(run, batches, args.warmup)
-    if args.count_only:
-        record["operations_per_step"] = count_operations(run, batches()[0])
-        return record | _kernels(record, device)
-    if mode.eager:
-        record["pieces_ms"] = time_pieces(run, batches()[0], args.steps)
-        record["sum_of_pieces_ms"] = round(sum(record["pieces_ms"].values()), 3)
-    ms, waits = free_running(run, batches, args.steps)
-    record.update(ms_per_step=round(ms, 3), steps_per_s=round(1e3 / ms, 2),
-                  first_steps_s=round(args.warmup * warm_ms / 1e3, 3),
-                  compile_s=None if mode.eager else round(args.warmup * (warm_ms - ms) / 1e3, 2),
-                  waited_fraction=(round(float(np.mean(np.asarray(waits) >= DATA_WAIT_S)), 3)
-                                   if args.data == "loader" else None))
+    if not args.count_only:
+        record.update(_timings(run, mode, batches, warm_ms, args))
     record["operations_per_step"] = count_operations(run, batches()[0]) if mode.eager else None
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.count_only:
         record.update(profile_cuda(run, batches()[0]))
-        record["gpu_busy"] = round(record["device_ms_per_step"] / ms, 3)
+        record["gpu_busy"] = round(record["device_ms_per_step"] / record["ms_per_step"], 3)
     return record | _kernels(record, device)
+
+
+def _timings(run, mode: Mode, batches, warm_ms: float, args) -> dict:
+    """Pieces (eager modes), the free-running step, the warm-up's extra time where the mode
+    compiles or captures (for a graph its eager warm-up steps too), the waits for data."""
+    out = {}
+    if mode.eager:
+        out["pieces_ms"] = time_pieces(run, batches()[0], args.steps)
+        out["sum_of_pieces_ms"] = round(sum(out["pieces_ms"].values()), 3)
+    ms, waits = free_running(run, batches, args.steps)
+    waited = float(np.mean(np.asarray(waits) >= DATA_WAIT_S))
+    return out | dict(
+        ms_per_step=round(ms, 3), steps_per_s=round(1e3 / ms, 2),
+        first_steps_s=round(args.warmup * warm_ms / 1e3, 3),
+        compile_s=None if mode.eager else round(args.warmup * (warm_ms - ms) / 1e3, 2),
+        waited_fraction=round(waited, 3) if args.data == "loader" else None)
 
 
 def _kernels(record: dict, device) -> dict:

@@ -270,14 +270,16 @@ def low_threshold_plan(small_plan, tmp_path_factory):
 
 def test_ddp_two_gloo_processes(low_threshold_plan, cache, tmp_path):
     """Same weights on both ranks; the logged loss is both ranks' mean; the validation split is
-    shared between the ranks, each case scored once, to the score one process gives."""
+    shared between the ranks, each case scored once, to the score one process gives. With
+    the levers a GPU's DDP run uses by default (the batched loss, fused Adam)."""
     run, val_ids = tmp_path / "ddp", ["phantom_000", "phantom_001", "phantom_002"]
     script = tmp_path / "debug_main.py"
     script.write_text(DEBUG_MAIN)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), "train", "-p", str(low_threshold_plan), "-c", str(cache),
            "-o", str(run), "--epochs", "1", "--iterations-per-epoch", "2", "--val-cases",
-           *val_ids, "--device", "cpu", "--disable-progress-bar"]
+           *val_ids, "--device", "cpu", "--disable-progress-bar", "--loss-kernels", "batched",
+           "--adam", "fused"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     done = _run(cmd, 240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

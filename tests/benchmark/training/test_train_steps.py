@@ -102,3 +102,13 @@ def test_the_fastest_mode_within_noise_becomes_the_trainers_options():
                                                           "compile=max-autotune"))])
     assert (args.dynamic_form, args.amp, args.adam, args.loss_kernels, args.compile,
             args.cuda_graph) == ("branches", "on", "fused", "batched", "max-autotune", False)
+
+
+def test_count_only_counts_the_operations_of_one_step(tmp_path):
+    assert main(["--device", "cpu", "--batch", "2", "--warmup", "1", "--count-only",
+                 "--modes", "grouped/on/adam=foreach", "grouped/on/adam=fused/loss=batched",
+                 "-o", str(tmp_path)]) == 0
+    before, after = json.loads(next(tmp_path.glob("*.json")).read_text())["records"]
+    assert "ms_per_step" not in before and before["amp"] == "bfloat16"
+    assert before["kernels_per_step"] == before["operations_per_step"] > after[
+        "operations_per_step"] > 100
