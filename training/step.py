@@ -114,10 +114,21 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, device: torch.device) ->
         current = group["lr"]
         if not torch.is_tensor(current):
             group["lr"] = lr
-        elif current.device == torch.device(device):
+        elif same_device(current.device, torch.device(device)):
             current.fill_(lr)
         else:
             group["lr"] = torch.tensor(float(lr), device=device)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` is ``b``, where ``cuda`` without an index means the current one."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == \
+        (b.index if b.index is not None else current)
 
 
 def set_up_step(run, options: StepOptions, lr: float, weight_decay: float,

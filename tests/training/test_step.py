@@ -182,6 +182,10 @@ def test_tensor_learning_rate_is_written_in_place_on_its_device():
     assert torch.is_tensor(lr)
     step.set_lr(optimizer, 5e-4, CPU)
     assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(5e-4)
+    # "cuda" names the current GPU, as a tensor made there reports "cuda:0"
+    assert step.same_device(torch.device("cuda", 0), torch.device("cuda"))
+    assert not step.same_device(torch.device("cuda", 1), torch.device("cuda", 0))
+    assert not step.same_device(torch.device("cpu"), torch.device("cuda"))
     plain = torch.optim.Adam(network.parameters(), lr=1e-3)
     step.set_lr(plain, 2e-4, CPU)
     assert plain.param_groups[0]["lr"] == 2e-4
