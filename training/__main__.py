@@ -116,7 +116,9 @@ def _add_train(sub) -> None:
     p.add_argument("--deep-supervision", choices=("halving", "nnunet"), default="halving",
                    help="loss weights of the outputs: halving per level (default), or nnunet: "
                         "the same with the coarsest output left out")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=None, metavar="N",
+                   help="processes that make the batches ahead of the step (default: none "
+                        "on the CPU; on CUDA one fewer than the cores per process, at most 8)")
     p.add_argument("--oversample", type=float, default=1 / 3,
                    help="fraction of samples centred on a lesion (default 1/3)")
     p.add_argument("--lesion-sampling", choices=("voxel", "lesion"), default="voxel",
@@ -127,9 +129,12 @@ def _add_train(sub) -> None:
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
     p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto",
                    help="dynamic-convolution form, same function either way (auto: grouped)")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--amp", choices=("auto", "on", "off", "bf16"), default="auto",
                    help="mixed precision: fp16 on CUDA, bf16 on the CPU; auto (default): on "
-                        "CUDA only (bf16 on the CPU gave 1.2x the steps, no better weights)")
+                        "CUDA only (bf16 on the CPU gave 1.2x the steps, no better weights); "
+                        "bf16: bf16 on either (no loss scaling, so --cuda-graph can capture "
+                        "the step)")
+    _add_step_levers(p)
     p.add_argument("--augmentation", choices=("nnunet", "light", "none"),
                    default="nnunet",
                    help="nnunet: nnU-Net's 2D ranges (rotation to 180 degrees, scaling "
@@ -148,6 +153,24 @@ def _add_train(sub) -> None:
                         "rate anneals over it (or over --epochs where those end first) and "
                         "training stops after the epoch that passes it (0: none)")
     _common(p)
+
+
+def _add_step_levers(p) -> None:
+    """What keeps a GPU busy (training.step); each is off on the CPU by default."""
+    p.add_argument("--compile", default="off",
+                   choices=("off", "default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"),
+                   help="torch.compile forward + loss (and so its backward) in this mode; "
+                        "reduce-overhead replays them as CUDA graphs (default off)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA, one process: capture forward, loss, backward and optimiser as "
+                        "one CUDA graph and replay it each step (needs --amp bf16 or off)")
+    p.add_argument("--adam", choices=("auto", "default", "foreach", "fused"), default="auto",
+                   help="Adam's implementation: torch's default (foreach on CUDA, a loop on the "
+                        "CPU), foreach, or fused (one kernel); auto: fused on CUDA")
+    p.add_argument("--loss-kernels", choices=("auto", "per-level", "batched"), default="auto",
+                   help="the deep-supervision loss level by level, or all levels in one pass "
+                        "(the same value, fewer kernels); auto: batched on CUDA")
 
 
 def _add_export(sub) -> None:

@@ -7,6 +7,11 @@ initial patch), so the patch is read from its centre and never pulls in padding;
 sampler also keeps a lesion's offset within ``lesion_reach``. Intensity: multiplicative
 brightness, contrast, gamma (statistics kept) and Gaussian noise. Probabilities and
 ranges follow nnU-Net's 2D defaults; every draw is per sample.
+
+``sync_free``: the same result without ever asking the device which samples drew a
+transform (``any()``, ``nonzero()``: each waits for the device to finish all it was given).
+Every sample is then transformed and the drawn ones kept, so a GPU never idles while the host
+waits; on the CPU the default skips the work no sample drew. Both draw the same numbers.
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ def _chance(n, p, generator, device):
 
 
 def spatial(image, label, patch, config: AugmentConfig, pad_value: float = 0.0,
-            generator: torch.Generator | None = None):
+            generator: torch.Generator | None = None, sync_free: bool = False):
     """Rotate, scale and mirror (B, C, Wy, Wx) images and (B, Wy, Wx) labels into ``patch``.
 
     Returns (B, C, py, px) and (B, py, px); without any transform drawn this is an
@@ -127,49 +132,75 @@ def spatial(image, label, patch, config: AugmentConfig, pad_value: float = 0.0,
     flip_y = torch.where(_chance(b, config.p_mirror, generator, dev), -1.0, 1.0)
     transformed = (angle != 0) | (scale != 1) | (flip_x < 0) | (flip_y < 0)
     oy, ox = (wy - py) // 2, (wx - px) // 2
-    out_image = image[:, :, oy:oy + py, ox:ox + px].clone()
-    out_label = label[:, oy:oy + py, ox:ox + px].clone()
+    out_image = image[:, :, oy:oy + py, ox:ox + px]
+    out_label = label[:, oy:oy + py, ox:ox + px]
+    if sync_free:
+        moved, moved_label = _resample(image, label, patch, angle, scale, flip_x, flip_y,
+                                       pad_value)
+        keep = transformed.view(b, 1, 1)
+        return (torch.where(keep[:, None], moved.to(image.dtype), out_image),
+                torch.where(keep, moved_label.to(label.dtype), out_label))
+    out_image, out_label = out_image.clone(), out_label.clone()
     idx = transformed.nonzero().flatten()
     if idx.numel() == 0:
         return out_image, out_label
-    cos, sin = torch.cos(angle[idx]), torch.sin(angle[idx])
-    s = scale[idx]
-    # pixel-space map from output offsets to input offsets, then normalised coordinates
-    a = torch.stack([torch.stack([cos * s * flip_x[idx], -sin * s * flip_y[idx]], -1),
-                     torch.stack([sin * s * flip_x[idx], cos * s * flip_y[idx]], -1)], -2)
-    to_norm = torch.tensor([[2 / wx, 0], [0, 2 / wy]], device=dev)
-    from_norm = torch.tensor([[px / 2, 0], [0, py / 2]], device=dev)
-    theta = torch.zeros(len(idx), 2, 3, device=dev)
-    theta[:, :, :2] = to_norm @ a @ from_norm
-    grid = F.affine_grid(theta, (len(idx), 1, py, px), align_corners=False)
-    moved = F.grid_sample(image[idx].float() - pad_value, grid, mode="bilinear",
-                          padding_mode="zeros", align_corners=False) + pad_value
-    moved_label = F.grid_sample(label[idx, None].float(), grid, mode="bilinear",
-                                padding_mode="zeros", align_corners=False)[:, 0] >= 0.5
+    moved, moved_label = _resample(image[idx], label[idx], patch, angle[idx], scale[idx],
+                                   flip_x[idx], flip_y[idx], pad_value)
     out_image[idx] = moved.to(out_image.dtype)
     out_label[idx] = moved_label.to(out_label.dtype)
     return out_image, out_label
 
 
-def intensity(image, config: AugmentConfig, generator: torch.Generator | None = None):
-    """Brightness, contrast, gamma and noise, each drawn per sample; returns a new tensor."""
+def _resample(image, label, patch, angle, scale, flip_x, flip_y, pad_value: float):
+    """The patch of each sample under its own rotation, scale and flips (bilinear; the
+    label through the same grid, cut at 0.5)."""
+    n, _, wy, wx = image.shape
+    py, px = patch
+    dev = image.device
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # pixel-space map from output offsets to input offsets, then normalised coordinates
+    a = torch.stack([torch.stack([cos * scale * flip_x, -sin * scale * flip_y], -1),
+                     torch.stack([sin * scale * flip_x, cos * scale * flip_y], -1)], -2)
+    to_norm = torch.tensor([[2 / wx, 0], [0, 2 / wy]], device=dev)
+    from_norm = torch.tensor([[px / 2, 0], [0, py / 2]], device=dev)
+    theta = torch.cat([to_norm @ a @ from_norm, torch.zeros(n, 2, 1, device=dev)], dim=2)
+    grid = F.affine_grid(theta, (n, 1, py, px), align_corners=False)
+    moved = F.grid_sample(image.float() - pad_value, grid, mode="bilinear",
+                          padding_mode="zeros", align_corners=False) + pad_value
+    moved_label = F.grid_sample(label[:, None].float(), grid, mode="bilinear",
+                                padding_mode="zeros", align_corners=False)[:, 0] >= 0.5
+    return moved, moved_label
+
+
+def intensity(image, config: AugmentConfig, generator: torch.Generator | None = None,
+              sync_free: bool = False):
+    """Brightness, contrast, gamma and noise, each drawn per sample; returns a new tensor.
+
+    Every draw is made whatever was picked, so both paths (``sync_free``) take the same
+    numbers from ``generator``; a sample not picked keeps its values exactly.
+    """
     x = image.float().clone()
     b = x.shape[0]
     dev = x.device
     view = (b, 1, 1, 1)
+
+    def drawn(pick):  # whether to compute a transform some sample may have drawn
+        return sync_free or bool(pick.any())
+
     pick = _chance(b, config.p_brightness, generator, dev)
     factor = torch.where(pick, _uniform(b, *config.brightness, generator, dev), 1.0)
     x = x * factor.view(view)
     pick = _chance(b, config.p_contrast, generator, dev)
-    if pick.any():
-        factor = torch.where(pick, _uniform(b, *config.contrast, generator, dev), 1.0).view(view)
+    factor = _uniform(b, *config.contrast, generator, dev).view(view)
+    if drawn(pick):
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
-        x = torch.maximum(torch.minimum((x - mean) * factor + mean, high), low)
+        y = torch.maximum(torch.minimum((x - mean) * factor + mean, high), low)
+        x = torch.where(pick.view(view), y, x)
     pick = _chance(b, config.p_gamma, generator, dev)
-    if pick.any():
-        g = _uniform(b, *config.gamma, generator, dev).view(view)
+    g = _uniform(b, *config.gamma, generator, dev).view(view)
+    if drawn(pick):
         mean, std = x.mean(dim=(1, 2, 3), keepdim=True), x.std(dim=(1, 2, 3), keepdim=True)
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         span = (x.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-6)
@@ -178,15 +209,15 @@ def intensity(image, config: AugmentConfig, generator: torch.Generator | None = 
             y.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * std + mean
         x = torch.where(pick.view(view), y, x)
     pick = _chance(b, config.p_noise, generator, dev)
-    if pick.any():
-        sd = _uniform(b, *config.noise_variance, generator, dev).sqrt()
-        noise = torch.randn(x.shape, generator=generator, device=dev) * (sd * pick).view(view)
-        x = x + noise
+    sd = _uniform(b, *config.noise_variance, generator, dev).sqrt()
+    noise = torch.randn(x.shape, generator=generator, device=dev)
+    if drawn(pick):
+        x = torch.where(pick.view(view), x + noise * sd.view(view), x)
     return x
 
 
 def augment(image, label, patch, config: AugmentConfig, pad_value: float = 0.0,
-            generator: torch.Generator | None = None):
-    """Spatial then intensity augmentation of one batch."""
-    image, label = spatial(image, label, patch, config, pad_value, generator)
-    return intensity(image, config, generator), label
+            generator: torch.Generator | None = None, sync_free: bool = False):
+    """Spatial then intensity augmentation of one batch (``sync_free``: see the module)."""
+    image, label = spatial(image, label, patch, config, pad_value, generator, sync_free)
+    return intensity(image, config, generator, sync_free), label

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 COLUMNS = ("epoch", "train_loss", "val_dsc", "val_nsd", "val_score", "lr", "temperature",
-           "seconds", "foreground_fraction")
+           "seconds", "foreground_fraction", "data_wait_fraction")
 
 
 def add_log_file(path: Path) -> logging.Handler:

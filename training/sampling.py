@@ -15,13 +15,16 @@ mid-sized lesions get as many samples as large ones. Windows are cut larger than
 (``training.augment.window_for`` of the augmentation in use) so rotation and scaling in
 ``training.augment`` never pull in padding.
 
-Seeds are a function of (seed, rank, epoch, worker), so a resumed run draws the same
-samples as an uninterrupted one and each DDP rank draws its own.
+Each batch has its own seed, a function of (seed, rank, epoch, batch number): a resumed run
+draws the same samples as an uninterrupted one, each DDP rank draws its own, and the
+number of DataLoader workers that make them changes nothing.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass, field
 
 import cc3d
@@ -33,6 +36,9 @@ from training.augment import NNUNET, AugmentConfig, lesion_reach, window_for
 from training.preprocessing import load_case
 
 OVERSAMPLE = 1 / 3
+# a batch that was not ready when the step asked for it: the loop blocked this long or more
+# (taking a ready one from a worker's queue takes a fraction of it)
+DATA_WAIT_S = 1e-3
 LESION_SAMPLING = ("voxel", "lesion")
 
 
@@ -149,16 +155,54 @@ class PatchSampler:
 
 
 class BatchStream(IterableDataset):
-    """``iterations`` batches for one epoch; DataLoader workers split them between them."""
+    """The batches of epochs ``first_epoch`` to ``last_epoch`` (excluded; default: that one
+    epoch), ``iterations`` each, in order.
+
+    DataLoader workers deal them out: worker w makes every batch n (counted from the first)
+    with n % workers == w, which is the order the DataLoader asks its workers in, so the
+    stream is the same with any number of them. One stream for the whole run lets the
+    workers run ahead across an epoch's end (its validation and checkpoint).
+    """
 
     def __init__(self, sampler: PatchSampler, batch_size: int, iterations: int, seed: int,
-                 rank: int, epoch: int):
+                 rank: int, first_epoch: int, last_epoch: int | None = None):
         self.sampler, self.batch_size, self.iterations = sampler, batch_size, iterations
-        self.seed, self.rank, self.epoch = seed, rank, epoch
+        self.seed, self.rank = seed, rank
+        self.first_epoch = first_epoch
+        self.last_epoch = first_epoch + 1 if last_epoch is None else last_epoch
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.rank, self.epoch, worker])
-        for _ in range(worker, self.iterations, workers):
-            yield self.sampler.batch(rng, self.batch_size)
+        n = 0
+        for epoch in range(self.first_epoch, self.last_epoch):
+            for i in range(self.iterations):
+                if n % workers == worker:
+                    rng = np.random.default_rng([self.seed, self.rank, epoch, i])
+                    yield self.sampler.batch(rng, self.batch_size)
+                n += 1
+
+
+def batch_loader(stream: BatchStream, workers: int, device: torch.device):
+    """A stream's batches made by ``workers`` processes ahead of the step, in pinned memory
+    on CUDA (the copy to the device then runs while the host goes on)."""
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                       pin_memory=device.type == "cuda")
+
+
+def next_batch(batches) -> tuple[dict, float]:
+    """The next batch and the seconds the loop waited for it."""
+    t = time.perf_counter()
+    batch = next(batches)
+    return batch, time.perf_counter() - t
+
+
+def data_workers(requested, device: torch.device, world: int = 1) -> int:
+    """DataLoader workers per process: ``requested``, or by default none on the CPU (they
+    would take cores from the step) and on CUDA all but one of this process's share of the
+    cores, at most 8."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // world - 1))

@@ -6,7 +6,10 @@ Dice + CE with deep supervision (``training.loss``), Adam + cosine annealing per
 over the run's progress (``progress``: its epochs, or its time budget where that runs out
 first), dynamic-convolution temperature annealed linearly 30 -> 1 over the first
 ``anneal_epochs`` (per iteration), mixed precision (fp16 with loss scaling on CUDA; bf16 on
-the CPU with ``--amp on``). Then the validation split is scored (``training.validation``)
+the CPU with ``--amp on``, anywhere with ``--amp bf16``). The step itself and the levers
+that keep a GPU busy are ``training.step``'s. Batches come from one stream for the whole run
+(DataLoader workers, pinned memory on CUDA); each epoch logs the fraction of its steps
+that waited for their batch. Then the validation split is scored (``training.validation``)
 and rank 0 writes ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` on a
 better validation score), ``metrics.csv``, ``curves.png``. A killed run resumed with
 ``--resume`` starts at the epoch after the last checkpoint, with the training time it had
@@ -40,15 +43,15 @@ from inference.model import NnSam, count_parameters
 from inference.sam_encoders import load_sam_checkpoint
 from inference.plans import Plan
 from inference.preprocess import pad_value
-from training.augment import AUGMENTATIONS, augment
-from training.loss import DeepSupervisionLoss
+from training.augment import AUGMENTATIONS
 from training.preprocessing import cached_cases
 from training.reporting import add_log_file, plot_curves, write_csv
-from training.sampling import BatchStream, PatchSampler, load_cases
+from training.sampling import (DATA_WAIT_S, BatchStream, PatchSampler, batch_loader,
+                               data_workers, load_cases, next_batch)
+from training.step import StepOptions, prepare_step, set_lr, set_up_step, train_step
 from training.validation import validate
 
 log = logging.getLogger(__name__)
-GRAD_CLIP = 12.0  # gradient-norm clip of every step (nnU-Net's)
 
 LAST, BEST, SPLIT = "checkpoint_last.pt", "checkpoint_best.pt", "split.json"
 T_START, T_END = 30.0, 1.0
@@ -82,8 +85,9 @@ def cosine_lr(fraction: float, lr: float, eta_min: float) -> float:
 def amp_dtype(device: torch.device, mode: str = "auto"):
     """The autocast dtype of a training step, or None for fp32.
 
-    CUDA: fp16 with loss scaling, unless ``off``. CPU: fp32 unless ``on``, which trains in
-    bf16 (no loss scaling needed). bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
+    CUDA: fp16 with loss scaling, unless ``off`` or ``bf16`` (bf16 needs no loss scaling,
+    so a whole step can be captured as a CUDA graph). CPU: fp32 unless ``on`` or ``bf16``,
+    which train in bf16. bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
     (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored no
     better on 64 held-out phantoms than the fp32 run (lesion DSC 0.211 and 0.223 against
     0.196, each within one paired standard error; ``benchmark/results/training/demo_training.md``),
@@ -93,10 +97,11 @@ def amp_dtype(device: torch.device, mode: str = "auto"):
     if mode == "off":
         return None
     if device.type == "cuda":
-        return torch.float16
-    if mode == "on":
+        return torch.bfloat16 if mode == "bf16" else torch.float16
+    if mode in ("on", "bf16"):
         if not _native_bf16():
-            log.warning("--amp on: this CPU has no native bf16; expect slower steps than fp32")
+            log.warning("--amp %s: this CPU has no native bf16; expect slower steps than fp32",
+                        mode)
         return torch.bfloat16
     return None
 
@@ -173,14 +178,6 @@ def _setup_distributed(device_arg: str):
     return device, rank, world
 
 
-def apply_gradients(network, optimizer, scaler, max_norm: float = GRAD_CLIP) -> None:
-    """The optimiser half of a step: unscale (fp16), clip the gradient norm, step, rescale."""
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(network.parameters(), max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-
-
 def build_network(plan: Plan):
     """The network the plan describes, field by field (``plan.network``)."""
     return NnSam(plan.network)
@@ -206,10 +203,11 @@ def train(args) -> dict:
 
     The named steps: ``_set_up`` (devices, split, sampler, network, optimiser),
     ``_restore`` (resume, pretrained SAM encoder, fine-tuning), ``train_step`` (one
-    batch), ``_end_epoch`` (schedule, validation, checkpoints).
+    batch, ``training.step``), ``_end_epoch`` (schedule, validation, checkpoints).
     """
     run = _set_up(args)
     start_epoch, best, history, spent_s = _restore(run)
+    prepare_step(run)
     if run.main:
         frozen = count_parameters(run.network, trainable=False)
         log.info("training %s (%.2fM parameters%s) on %s x%d (%s): %d train / %d validation "
@@ -219,11 +217,14 @@ def train(args) -> dict:
                  run.world, str(run.precision or "fp32").replace("torch.", ""),
                  len(run.train_ids), len(run.val_ids), run.batch_size,
                  "x".join(map(str, run.plan.patch_size)), args.epochs, args.iterations)
+        log.info("step: %s; %d data-loading workers%s", _describe(run.options), run.workers,
+                 ", pinned memory" if run.device.type == "cuda" else "")
     run.started = time.perf_counter() - spent_s  # training time counts across --resume
+    batches = iter(_loader(run, start_epoch))
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
-        losses, foreground = _run_epoch(run, epoch)
-        row, out_of_time = _end_epoch(run, epoch, losses, foreground, t0)
+        losses, foreground, waits = _run_epoch(run, epoch, batches)
+        row, out_of_time = _end_epoch(run, epoch, losses, foreground, waits, t0)
         history.append(row)
         score = row.get("val_score", -math.inf) if run.val_set else -row["train_loss"]
         improved = score > best
@@ -237,6 +238,7 @@ def train(args) -> dict:
                 log.warning("time limit of %.1f min reached after epoch %d; stopping",
                             args.time_limit_min, epoch)
             break
+    del batches  # its workers end
     digest = sum(float(p.double().abs().sum()) for p in run.network.state_dict().values()
                  if p.is_floating_point())
     log.info("rank %d of %d done: weights digest %.10e, best score %.6f", run.rank, run.world,
@@ -253,6 +255,19 @@ class Run(SimpleNamespace):
     """What one training run holds: arguments, plan, devices, data, network, optimiser."""
 
 
+def step_options(args) -> StepOptions:
+    """The levers of ``training.step`` the CLI's ``args`` ask for."""
+    return StepOptions(compile=getattr(args, "compile", "off"),
+                       cuda_graph=getattr(args, "cuda_graph", False),
+                       adam=getattr(args, "adam", "auto"),
+                       loss_kernels=getattr(args, "loss_kernels", "auto"))
+
+
+def _describe(options: StepOptions) -> str:
+    return (f"compile {options.compile}, CUDA graph {'on' if options.cuda_graph else 'off'}, "
+            f"Adam {options.adam}, loss {options.loss_kernels}")
+
+
 def _set_up(args) -> Run:
     device, rank, world = _setup_distributed(args.device)
     if device.type == "cpu" and getattr(args, "threads", 0):
@@ -260,7 +275,8 @@ def _set_up(args) -> Run:
         # one thread is faster than two (docs/training.md)
         torch.set_num_threads(args.threads)
     run = Run(args=args, device=device, rank=rank, world=world, main=rank == 0,
-               run_dir=Path(args.output), plan=Plan.load(args.plans), log_handler=None)
+               run_dir=Path(args.output), plan=Plan.load(args.plans), log_handler=None,
+               temperature=None, first_step_s=None)
     run.batch_size = args.batch_size or run.plan.batch_size
     if run.main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,18 +297,18 @@ def _set_up(args) -> Run:
     # The grouped form (the batch folded into the convolution's groups) is the faster one
     # on CUDA and on the CPU; both compute the same function, with different rounding.
     run.network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
-    # a frozen SAM encoder has no gradient: it stays out of the optimiser (and of DDP's
-    # all-reduce, which skips parameters that need no gradient)
-    run.optimizer = torch.optim.Adam([p for p in run.network.parameters() if p.requires_grad],
-                                     lr=args.lr, weight_decay=args.weight_decay)
     # the time limit is a budget the schedule anneals over, or the last checkpoint of a
     # time-limited run would come from a learning rate still far from its minimum
     run.budget_s = 60 * (args.time_limit_min or 0)
     run.precision = amp_dtype(device, getattr(args, "amp", "auto"))
-    run.scaler = torch.amp.GradScaler("cuda", enabled=run.precision == torch.float16)
-    run.loss_fn = DeepSupervisionLoss(args.partial_mode, args.partial_margin,
-                                      getattr(args, "dice", "batch"),
-                                      getattr(args, "deep_supervision", "halving"))
+    try:
+        set_up_step(run, step_options(args), args.lr, args.weight_decay, loss=dict(
+            partial_mode=args.partial_mode, margin=args.partial_margin,
+            dice=getattr(args, "dice", "batch"),
+            deep_supervision=getattr(args, "deep_supervision", "halving")))
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    run.workers = data_workers(getattr(args, "num_workers", None), device, world)
     run.anneal_steps = args.anneal_epochs * args.iterations
     run.generator = torch.Generator(device=device)
     return run
@@ -323,6 +339,8 @@ def _restore(run: Run) -> tuple[int, float, list, float]:
         state = load_checkpoint(run_dir / LAST)
         network.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])  # with the next epoch's rate
+        lr = run.optimizer.param_groups[0]["lr"]
+        set_lr(run.optimizer, float(lr), run.device)  # a CUDA graph's tensor, on its device
         run.scaler.load_state_dict(state["scaler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         spent_s = state.get("elapsed_s", 0.0)
@@ -356,74 +374,52 @@ def _restore(run: Run) -> tuple[int, float, list, float]:
     return start_epoch, best, history, spent_s
 
 
-def _run_epoch(run: Run, epoch: int) -> tuple[list, list]:
-    """One epoch of ``train_step``s: the losses (on the device) and foreground fractions."""
+def _loader(run: Run, start_epoch: int):
+    args = run.args
+    return batch_loader(BatchStream(run.sampler, run.batch_size, args.iterations, args.seed,
+                                    run.rank, start_epoch, args.epochs), run.workers,
+                        run.device)
+
+
+def _run_epoch(run: Run, epoch: int, batches) -> tuple[list, list, list]:
+    """One epoch of ``train_step``s: the losses (on the device), foreground fractions and the
+    seconds each step waited for its batch."""
     args = run.args
     run.generator.manual_seed(args.seed * 100003 + run.rank * 1009 + epoch)
-    stream = BatchStream(run.sampler, run.batch_size, args.iterations, args.seed, run.rank,
-                         epoch)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.num_workers,
-                                         persistent_workers=False)
     run.model.train()
-    losses, foreground = [], []
-    bar = tqdm(loader, total=args.iterations, desc=f"epoch {epoch}", unit="it",
+    losses, foreground, waits = [], [], []
+    bar = tqdm(range(args.iterations), desc=f"epoch {epoch}", unit="it",
                disable=not run.main or args.disable_progress_bar, leave=False)
-    for i, batch in enumerate(bar):
-        run.network.set_temperature(temperature(epoch * args.iterations + i, run.anneal_steps))
+    for i in bar:
+        batch, waited = next_batch(batches)
+        waits.append(waited)
+        _set_temperature(run, temperature(epoch * args.iterations + i, run.anneal_steps))
+        t = time.perf_counter()
         # kept on the device: a .item() per step would wait for the GPU every step
         losses.append(train_step(run, batch))
+        if run.first_step_s is None:
+            run.first_step_s = time.perf_counter() - t
+            _log_first_step(run)
         foreground.append(batch["foreground"].float().mean().item())
         if i % 25 == 24:
             bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
-    return losses, foreground
+    return losses, foreground, waits
 
 
-def train_step(run: Run, batch: dict) -> torch.Tensor:
-    """One optimiser step on one batch, in the named pieces that
-    ``benchmark.training.train_steps`` times."""
-    image, label, partial = step_inputs(run, batch)
-    image, label = step_augment(run, image, label)
-    loss = step_loss(run, step_forward(run, image), label, partial)
-    step_backward(run, loss)
-    step_optimise(run)
-    return loss.detach()
+def _set_temperature(run: Run, value: float) -> None:
+    """The dynamic convolutions' temperature, written only when it changes (on a GPU each
+    write is a launch per layer)."""
+    if value != run.temperature:
+        run.network.set_temperature(value)
+        run.temperature = value
 
 
-def step_inputs(run: Run, batch: dict):
-    """The batch's image, label and partial flags on the device."""
-    device = run.device
-    return (batch["image"].to(device, non_blocking=True),
-            batch["label"].to(device, non_blocking=True), batch["partial"].to(device))
+def _log_first_step(run: Run) -> None:
+    if run.main and (run.options.compile != "off" or run.options.cuda_graph):
+        log.info("first step %.1f s (compilation included)", run.first_step_s)
 
 
-def step_augment(run: Run, image, label):
-    """Augmented (or centre-cropped) patches of the sampled windows."""
-    plan = run.plan
-    if run.aug is not None:
-        return augment(image, label, plan.patch_size, run.aug, pad_value(plan), run.generator)
-    return _centre(image, label, plan.patch_size)
-
-
-def step_forward(run: Run, image):
-    with torch.autocast(run.device.type, run.precision or torch.float32,
-                        enabled=run.precision is not None):
-        return run.model(image)
-
-
-def step_loss(run: Run, outputs, label, partial):
-    return run.loss_fn([o.float() for o in outputs], label, partial)
-
-
-def step_backward(run: Run, loss) -> None:
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-
-
-def step_optimise(run: Run) -> None:
-    apply_gradients(run.network, run.optimizer, run.scaler)
-
-
-def _end_epoch(run: Run, epoch: int, losses: list, foreground: list,
+def _end_epoch(run: Run, epoch: int, losses: list, foreground: list, waits: list,
                t0: float) -> tuple[dict, bool]:
     """The epoch's row (loss and foreground over all ranks, schedule, validation) and
     whether the time limit is reached; sets the next epoch's learning rate."""
@@ -440,12 +436,12 @@ def _end_epoch(run: Run, epoch: int, losses: list, foreground: list,
     out_of_time = bool(run.budget_s) and elapsed_s > run.budget_s
     lr = cosine_lr(progress(epoch + 1, args.epochs, elapsed_s, run.budget_s), args.lr,
                    args.lr * 1e-2)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(run.optimizer, lr, device)
     convs = run.network.dynamic_convs()
     row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
            "temperature": float(convs[0].temperature) if convs else 1.0,
-           "foreground_fraction": foreground_fraction}
+           "foreground_fraction": foreground_fraction,
+           "data_wait_fraction": float(np.mean(np.asarray(waits) >= DATA_WAIT_S))}
     last = epoch + 1 == args.epochs or out_of_time
     if run.val_set and ((epoch + 1) % args.val_every == 0 or last):
         metrics = validate_shared(run.network, run.val_set, run.plan, device, run.rank,
@@ -469,9 +465,11 @@ def _save_epoch(run: Run, epoch: int, row: dict, history: list, best: float, sco
     _atomic_save(state, run_dir / LAST)
     write_csv(run_dir / "metrics.csv", history)
     plot_curves(run_dir / "curves.png", history)
-    log.info("epoch %d: loss %.4f%s, T %.2f, lr %.2e, %.1f s%s", epoch, row["train_loss"],
+    log.info("epoch %d: loss %.4f%s, T %.2f, lr %.2e, %.1f s, %.0f%% of steps waited for "
+             "data%s", epoch, row["train_loss"],
              "".join(f", {k[4:]} {row[k]:.3f}" for k in ("val_dsc", "val_nsd") if k in row),
-             row["temperature"], row["lr"], row["seconds"], " (best)" if improved else "")
+             row["temperature"], row["lr"], row["seconds"], 100 * row["data_wait_fraction"],
+             " (best)" if improved else "")
 
 
 def _mean_over_ranks(sums: list[float], steps: int, device, world: int) -> list[float]:
@@ -505,10 +503,3 @@ def validate_shared(network, cases: list, plan: Plan, device, rank: int = 0,
     dsc = float(np.mean([row["dsc"] for row in rows]))
     nsd = float(np.mean([row["nsd"] for row in rows]))
     return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
-
-
-def _centre(image, label, patch):
-    wy, wx = image.shape[-2:]
-    oy, ox = (wy - patch[0]) // 2, (wx - patch[1]) // 2
-    return (image[..., oy:oy + patch[0], ox:ox + patch[1]].float(),
-            label[..., oy:oy + patch[0], ox:ox + patch[1]])

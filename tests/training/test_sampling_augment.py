@@ -172,3 +172,49 @@ def test_every_lesion_sample_keeps_its_lesion_after_augmentation():
                 for _, label in _augmented_batches(sampler, config, seed=1)]
         # before the fix (offsets to the patch's edge): 98.75 % (nnunet), 99.55 % (light)
         assert np.mean(kept) == 1.0
+
+
+def test_augmentation_that_asks_the_device_nothing_gives_the_same_batch():
+    """``sync_free`` (a GPU's path) transforms every sample and keeps the drawn ones: the
+    same patches, labels and intensities as skipping the samples that drew nothing."""
+    from dataclasses import replace
+
+    from training.augment import LIGHT, NNUNET
+
+    image = torch.randn(16, 3, 90, 90)
+    label = (torch.rand(16, 90, 90) > 0.7).to(torch.uint8)
+    rarely = replace(NNUNET, p_rotation=0.02, p_scale=0.02, p_mirror=0.02, p_contrast=0.02,
+                     p_gamma=0.02, p_noise=0.02)  # most batches skip some transform
+    for config in (NNUNET, LIGHT, rarely):
+        for seed in range(3):
+            out = [augment(image, label, (64, 64), config, -1.0,
+                           torch.Generator().manual_seed(seed), sync_free=sync_free)
+                   for sync_free in (False, True)]
+            assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+            assert out[1][1].dtype == torch.uint8 and out[1][0].shape == (16, 3, 64, 64)
+
+
+def test_batch_stream_is_the_same_with_any_number_of_workers_and_on_resume():
+    """Each batch's seed is its own (seed, rank, epoch, number): workers deal the batches
+    out in order, and a stream started at epoch 1 (a resumed run) is the tail of one
+    started at 0."""
+    from training.sampling import BatchStream
+    from training.sampling import batch_loader
+
+    label = np.zeros((6, 80, 80), np.uint8)
+    label[2:4, 30:40, 30:40] = 1
+    rng = np.random.default_rng(0)
+    case = _case("c", label, rng.standard_normal(label.shape).astype(np.float16))
+    sampler = PatchSampler([case], (32, 32), 3, oversample=0.5)
+
+    def images(first, workers):
+        stream = BatchStream(sampler, 2, 3, 7, 0, first, 3)
+        return [b["image"] for b in batch_loader(stream, workers, torch.device("cpu"))]
+
+    alone = images(0, 0)
+    assert len(alone) == 9
+    for other in (images(0, 2), images(0, 3)):
+        assert len(other) == 9 and all(torch.equal(a, b) for a, b in zip(alone, other))
+    resumed = images(1, 2)
+    assert all(torch.equal(a, b) for a, b in zip(alone[3:], resumed)) and len(resumed) == 6
+    assert not torch.equal(alone[0], alone[3])

@@ -19,7 +19,7 @@ import torch
 
 from inference.model import build_model
 from inference.plans import Plan
-from training import trainer
+from training import step, trainer
 from training.export import run_export
 from training.loss import DeepSupervisionLoss
 from training.sampling import load_cases
@@ -60,6 +60,7 @@ def test_learning_rate_follows_the_time_budget_when_it_runs_out_first():
 def test_amp_dtype_fp16_on_cuda_bf16_on_the_cpu_only_when_asked():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert amp_dtype(cuda, "auto") == amp_dtype(cuda, "on") == torch.float16
+    assert amp_dtype(cuda, "bf16") == amp_dtype(cpu, "bf16") == torch.bfloat16
     assert amp_dtype(cuda, "off") is None and amp_dtype(cpu, "off") is None
     assert amp_dtype(cpu, "on") == torch.bfloat16
     assert amp_dtype(cpu, "auto") is None
@@ -153,7 +154,7 @@ def in_process_training(monkeypatch):
     handlers = {h: h.level for h in root.handlers}
     level, threads = root.level, torch.get_num_threads()
     clock = SimpleNamespace(steps=0, start=0.0, kill=None)
-    real_apply = trainer.apply_gradients
+    real_apply = step.apply_gradients
 
     def apply_gradients(*args, **kwargs):
         if clock.steps == clock.kill:
@@ -161,7 +162,7 @@ def in_process_training(monkeypatch):
         real_apply(*args, **kwargs)
         clock.steps += 1
 
-    monkeypatch.setattr(trainer, "apply_gradients", apply_gradients)
+    monkeypatch.setattr(step, "apply_gradients", apply_gradients)
     monkeypatch.setattr(trainer, "time",
                         SimpleNamespace(perf_counter=lambda: clock.start + clock.steps))
 
@@ -195,6 +196,9 @@ def test_time_limited_run_anneals_the_learning_rate_to_its_minimum(small_plan, c
     assert lrs[-1] == pytest.approx(1e-5, abs=1e-9)  # eta_min = lr / 100: fully annealed
     assert lrs[0] == pytest.approx(cosine_lr(2 / 9.5, 1e-3, 1e-5))  # 2 of 9.5 s, not 1 of 10
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert all(0 <= row["data_wait_fraction"] <= 1 for row in history)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert "data_wait_fraction" in next(csv.DictReader(f))
     state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5, abs=1e-9)
 
@@ -266,14 +270,16 @@ def low_threshold_plan(small_plan, tmp_path_factory):
 
 def test_ddp_two_gloo_processes(low_threshold_plan, cache, tmp_path):
     """Same weights on both ranks; the logged loss is both ranks' mean; the validation split is
-    shared between the ranks, each case scored once, to the score one process gives."""
+    shared between the ranks, each case scored once, to the score one process gives. With
+    the levers a GPU's DDP run uses by default (the batched loss, fused Adam)."""
     run, val_ids = tmp_path / "ddp", ["phantom_000", "phantom_001", "phantom_002"]
     script = tmp_path / "debug_main.py"
     script.write_text(DEBUG_MAIN)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), "train", "-p", str(low_threshold_plan), "-c", str(cache),
            "-o", str(run), "--epochs", "1", "--iterations-per-epoch", "2", "--val-cases",
-           *val_ids, "--device", "cpu", "--disable-progress-bar"]
+           *val_ids, "--device", "cpu", "--disable-progress-bar", "--loss-kernels", "batched",
+           "--adam", "fused"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     done = _run(cmd, 240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
