@@ -1,21 +1,55 @@
-"""Who measured what, where and when: the stamp on every benchmark table and file name."""
+"""Who measured what, with which weights, where and when: the stamp on every benchmark table
+and file name, and how the results show a path or a command line."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmark" / "results"
+DEFAULT_WEIGHTS = ROOT / "weights"
 
 
 def results_dir(group: str) -> Path:
     """The default folder of a group's results: ``benchmark/results/<group>``."""
     return RESULTS / group
+
+
+def display_path(path: str | Path) -> str:
+    """A path as results may show it: relative to the repository, else its last parts."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return f".../{path.name}"
+
+
+def shown_command(argv: Sequence[str]) -> str:
+    """A command line as results show it: no absolute paths of this machine."""
+    return " ".join(shlex.quote(display_path(a) if Path(a).is_absolute() else str(a))
+                    for a in argv)
+
+
+def weights_note(folder: Path | None) -> dict:
+    """Preset and provenance of a weights folder (model.json), for the results' header."""
+    folder = Path(folder or DEFAULT_WEIGHTS)
+    try:
+        info = json.loads((folder / "model.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    trained = info.get("trained")
+    if trained is None and info.get("source") == "python -m training export":
+        trained = True  # exported from a training checkpoint (before model.json said so)
+    return {"path": display_path(folder), "preset": info.get("preset", "unknown"),
+            "trained": trained, "note": info.get("note", "")}
 
 
 def cpu_model() -> str:
@@ -98,7 +132,8 @@ def describe(s: dict) -> str:
 
 
 def slug(s: dict, device: str = "auto") -> str:
-    """File-name stamp: the device that did the work and the date, e.g. ``cpu-amd-epyc-2c_2025-01-31``.
+    """File-name stamp: the device that did the work and the date,
+    ``gpu-<name>_<YYYY-MM-DD>`` or ``cpu-<name>-<cores>c_<YYYY-MM-DD>``.
 
     ``device`` "cpu" names the CPU even on a machine with a GPU.
     """

@@ -23,9 +23,7 @@ Table 4 drawn beside ours) into OUT (default ``benchmark/results/container``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shlex
 import shutil
 import statistics
 import sys
@@ -33,14 +31,13 @@ from pathlib import Path
 
 from benchmark import machine, paper, report
 from benchmark.container.memory import nvml_available
-from benchmark.container.runner import (STAGES, add_run_arguments, case_info, display_path,
-                                       floor_s, list_inputs, run_case, run_setup)
-from benchmark.machine import results_dir
+from benchmark.container.runner import (STAGES, add_run_arguments, floor_s, run_case, run_setup,
+                                       select_cases)
+from benchmark.machine import display_path, results_dir, shown_command, weights_note
 
 log = logging.getLogger("benchmark.profile")
 
 RESULTS = results_dir("container")
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 CSV_COLUMNS = ["case", "size", "slices", "spacing_mm", "time_s", "runs", "median_time_s",
                "cpu_s", "exit_code", "output_ok",
                "memory", "max_mb", "area_mb_s", "samples", *(f"{s}_s" for s in STAGES),
@@ -54,31 +51,6 @@ TABLE_COLUMNS = [("case", "case"), ("size", "size"), ("slices", "slices", "d"),
                  *((f"{s}_s", f"{s} (s)", ".2f") for s in STAGES),
                  ("startup_s", "model load (s)", ".2f"),
                  ("other_s", "interpreter+imports+exit (s)", ".2f")]
-
-
-def weights_note(folder: Path | None) -> dict:
-    """Preset and provenance of a weights folder (model.json), for the results' header."""
-    folder = Path(folder or DEFAULT_WEIGHTS)
-    try:
-        info = json.loads((folder / "model.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        info = {}
-    trained = info.get("trained")
-    if trained is None and info.get("source") == "python -m training export":
-        trained = True  # exported from a training checkpoint (before model.json said so)
-    return {"path": display_path(folder), "preset": info.get("preset", "unknown"),
-            "trained": trained, "note": info.get("note", "")}
-
-
-def select_cases(folder: Path, sizes) -> list[Path]:
-    slices = {p: case_info(p)[0][2] for p in list_inputs(folder)}
-    if sizes:
-        missing = sorted(set(sizes) - set(slices.values()))
-        if missing:
-            log.warning("no case with %s slices in %s (--make-suite writes them)",
-                        " or ".join(map(str, missing)), folder)
-        slices = {p: z for p, z in slices.items() if z in set(sizes)}
-    return sorted(slices, key=lambda p: (slices[p], p.name))
 
 
 def _parser(prog: str = "python -m benchmark.profile") -> argparse.ArgumentParser:
@@ -246,8 +218,7 @@ def _columns(gpu: bool) -> list[tuple]:
 
 def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label, png,
               argv, floor) -> str:
-    shown = " ".join(shlex.quote(a if not Path(a).is_absolute() else display_path(a))
-                     for a in (argv if argv is not None else sys.argv[1:]))
+    shown = shown_command(argv if argv is not None else sys.argv[1:])
     how = ("the organisers' `docker container run --shm-size=28gb -m 28G --gpus=\"device="
            f"{args.gpu_index}\" --rm -v ...:/workspace/inputs/ -v ...:/workspace/outputs/ "
            f"{args.docker} /bin/bash -c \"sh predict.sh\"`" if args.docker else

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import machine, report
-from benchmark.container.runner import display_path
-from benchmark.machine import results_dir
+from benchmark.machine import display_path, results_dir
 from inference import nifti
 
 log = logging.getLogger("benchmark.container.gzip_readers")

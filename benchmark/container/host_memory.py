@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmark import machine
-from benchmark.container.runner import ROOT
-from benchmark.machine import results_dir
+from benchmark.machine import ROOT, results_dir
 from benchmark.report import markdown_table, write_results
 
 MB = 2**20

@@ -293,13 +293,17 @@ def list_inputs(folder: Path) -> list[Path]:
                   if not p.name.startswith(".") and p.is_file())
 
 
-def display_path(path: str | Path) -> str:
-    """A path as results may show it: relative to the repository, else its last parts."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return f".../{path.name}"
+def select_cases(folder: Path, sizes) -> list[Path]:
+    """The cases of ``folder`` with one of ``sizes`` slices (all without ``sizes``), by
+    slices; a size no case has is one warning line."""
+    slices = {p: case_info(p)[0][2] for p in list_inputs(folder)}
+    if sizes:
+        missing = sorted(set(sizes) - set(slices.values()))
+        if missing:
+            log.warning("no case with %s slices in %s (--make-suite writes them)",
+                        " or ".join(map(str, missing)), folder)
+        slices = {p: z for p, z in slices.items() if z in set(sizes)}
+    return sorted(slices, key=lambda p: (slices[p], p.name))
 
 
 def add_run_arguments(p) -> None:

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from benchmark import machine, report
-from benchmark.container.runner import STAGES, add_run_arguments, display_path, run_case, run_setup
-from benchmark.profile import RESULTS, weights_note
+from benchmark.container.runner import STAGES, add_run_arguments, run_case, run_setup
+from benchmark.machine import display_path, results_dir, weights_note
 
 log = logging.getLogger("benchmark.container.stages")
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("-i", "--input", required=True, type=Path, metavar="CASE",
                    help="one <case>_0000.nii.gz (e.g. the 554-slice case of "
                         "benchmark.container.suite)")
-    p.add_argument("-o", "--output", type=Path, default=RESULTS, metavar="OUT",
+    p.add_argument("-o", "--output", type=Path, default=results_dir("container"), metavar="OUT",
                    help="results folder (default benchmark/results/container)")
     add_run_arguments(p)
     p.add_argument("--tag", default=None, help="file-name tag (default <preset>-<backend>)")

@@ -20,30 +20,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmark import machine
+from benchmark.dispatch import OperationCounter
 from benchmark.machine import results_dir
 from benchmark.report import markdown_table, write_text
 
 RESULTS = results_dir("network")
-
-
-class OperationCounter(TorchDispatchMode):
-    """Counts the operations torch dispatches to a backend, views left out.
-
-    They are counted as the backend receives them (a convolution is one call to cuDNN; an
-    elementwise operation one kernel), so on a GPU each is at least one kernel launch.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def operations(run) -> collections.Counter:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmark import machine
+from benchmark.dispatch import synchronize
 from benchmark.machine import results_dir
 from benchmark.report import markdown_table, write_text
 from inference.model import LesionProbability, build_model
@@ -73,11 +74,6 @@ class Runner:
         return self._forward(self.static)
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(preset: str, device: str, batches, rounds: int, iterations: int, seed: int = 0):
     torch.manual_seed(seed)
     network = build_model(preset).eval()
@@ -110,11 +106,11 @@ def measure(preset: str, device: str, batches, rounds: int, iterations: int, see
         for _ in range(rounds):  # interleaved: a busy device slows every mode alike
             for runner, _ in runners:
                 runner()
-                _sync(device)
+                synchronize(device)
                 t = time.perf_counter()
                 for _ in range(iterations):
                     runner()
-                _sync(device)
+                synchronize(device)
                 best[runner.name] = min(best[runner.name],
                                         (time.perf_counter() - t) / iterations / batch_size)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")

@@ -39,12 +39,11 @@ from pathlib import Path
 
 from benchmark import machine, report
 from benchmark.container.memory import idle_mb
-from benchmark.container.runner import (CaseRun, add_run_arguments, case_id, display_path,
-                                       run_case, run_setup)
+from benchmark.container.runner import (CaseRun, add_run_arguments, case_id, run_case, run_setup,
+                                       select_cases)
 from benchmark.container.suite import write_suite
-from benchmark.machine import ROOT, results_dir
+from benchmark.machine import ROOT, display_path, results_dir
 from benchmark.peers import nnunet_model, summary
-from benchmark.profile import select_cases
 
 log = logging.getLogger("benchmark.peers.nnunet")
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
 import statistics
 from importlib import metadata
-from pathlib import Path
 
 from benchmark import machine, report
-from benchmark.container.runner import display_path
+from benchmark.machine import shown_command, weights_note
 from benchmark.peers import nnunet_model
 
 CSV_COLUMNS = ["case", "slices", "round", "tool", "wall_s", "max_mb", "idle_mb", "exit_code"]
@@ -75,12 +73,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def shown_command(argv) -> str:
-    """A command line as results show it: no absolute paths of this machine."""
-    return " ".join(shlex.quote(display_path(a) if Path(a).is_absolute() else str(a))
-                    for a in argv)
-
-
 def memory_note(gpu: bool, label: str) -> str:
     if gpu:
         return (f"max_mb is {label}: every process on the GPU and the driver, as the "
@@ -97,8 +89,6 @@ def memory_note(gpu: bool, label: str) -> str:
 def markdown(rows: list[dict], ctx: dict) -> str:
     """The results' page; ``ctx`` holds the machine stamp, the device, the model written,
     the records, the memory label and the command line (see ``benchmark.peers.nnunet``)."""
-    from benchmark.profile import weights_note
-
     stamp, records = ctx["stamp"], ctx["records"]
     cases = per_case(rows)
     ours_runs = [r.run for r in records if r.tool == "ours"]

@@ -37,7 +37,7 @@ import torch
 
 from benchmark import machine
 from benchmark.machine import results_dir
-from benchmark.network.launches import OperationCounter
+from benchmark.dispatch import OperationCounter, synchronize
 from benchmark.training.modes import (Mode, build_run, parse_mode, synthetic_batch,
                                       synthetic_cases)
 from training import step
@@ -48,11 +48,6 @@ RESULTS = results_dir("training")
 HOST_READS = {"_local_scalar_dense"}  # a tensor read by the host: never a kernel
 LAUNCH_CALLS = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
                 "cudaGraphLaunch"}
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_pieces(run, batch: dict, steps: int) -> dict:
@@ -76,10 +71,10 @@ def time_pieces(run, batch: dict, steps: int) -> dict:
     pieces = dict.fromkeys(functions, 0.0)
     for _ in range(steps):
         for name, fn in functions.items():
-            _sync(run.device)
+            synchronize(run.device)
             t = time.perf_counter()
             fn()
-            _sync(run.device)
+            synchronize(run.device)
             pieces[name] += (time.perf_counter() - t) * 1e3 / steps
     return {k: round(v, 3) for k, v in pieces.items()}
 
@@ -87,13 +82,13 @@ def time_pieces(run, batch: dict, steps: int) -> dict:
 def free_running(run, batches, steps: int) -> tuple[float, list[float]]:
     """ms per step of ``steps`` steps back to back, and the seconds each waited for data."""
     waits = []
-    _sync(run.device)
+    synchronize(run.device)
     t = time.perf_counter()
     for _ in range(steps):
         batch, waited = batches()
         waits.append(waited)
         step.train_step(run, batch)
-    _sync(run.device)
+    synchronize(run.device)
     return (time.perf_counter() - t) / steps * 1e3, waits
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from benchmark import profile
+from benchmark import machine, profile
 from benchmark.container import stages
 from benchmark.container.memory import nvml_available, rss_available
 
@@ -117,7 +117,7 @@ def test_weights_note_calls_exported_weights_trained(tmp_path):
     """Weights from `training export` are trained even where model.json predates the flag."""
     (tmp_path / "model.json").write_text(json.dumps(
         {"preset": "tiny", "source": "python -m training export", "epoch": 69}))
-    assert profile.weights_note(tmp_path)["trained"] is True
+    assert machine.weights_note(tmp_path)["trained"] is True
     (tmp_path / "model.json").write_text(json.dumps({"preset": "tiny"}))
-    assert profile.weights_note(tmp_path)["trained"] is None
-    assert profile.weights_note(None)["trained"] is True  # the shipped demo weights
+    assert machine.weights_note(tmp_path)["trained"] is None
+    assert machine.weights_note(None)["trained"] is True  # the shipped demo weights
