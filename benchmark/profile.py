@@ -29,11 +29,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmark import machine, paper, report
+from benchmark import paper, report
 from benchmark.container.memory import nvml_available
 from benchmark.container.runner import (STAGES, add_run_arguments, floor_s, run_case, run_setup,
                                        select_cases)
-from benchmark.machine import display_path, results_dir, shown_command, weights_note
+from benchmark.machine import display_path, results_dir, weights_note
 
 log = logging.getLogger("benchmark.profile")
 
@@ -124,17 +124,16 @@ def main(argv=None, prog: str = "python -m benchmark.profile") -> int:
     weights = weights_note(args.weights) if not args.docker else None
     backend = next((r.backend for r in runs if r.backend), None)
     tag = args.tag or ("docker" if args.docker else f"{weights['preset']}-{backend or 'auto'}")
-    base = args.output / f"profile_{machine.slug(stamp)}_{tag}"
+    base = report.results_base(args.output, "profile", stamp, tag=tag)
     rows = [_row(r, all_times[r.case], floor) for r in runs]
-    report.write_csv(rows, base.with_suffix(".csv"), CSV_COLUMNS)
+    report.write_csv(rows, f"{base}.csv", CSV_COLUMNS)
     memory_label = runs[0].trace.label
     title = (f"Table 4, ours ({tag}) on {stamp['cpu']} ({stamp['cores']} cores"
              f"{', ' + stamp['gpus'][0] if stamp['gpus'] else ', no GPU'}), {stamp['date']}")
-    report.plot_table4(rows, base.with_suffix(".png"), title,
+    report.plot_table4(rows, f"{base}.png", title,
                        "GPU, NVML" if gpu else "CPU: peak RSS, not GPU", f"ours ({tag})")
-    report.write_text(base.with_suffix(".md"),
-                      _markdown(rows, runs, stamp, args, weights, backend, tag, gpu,
-                                memory_label, base.with_suffix(".png").name, argv, floor))
+    report.write_results(base, _markdown(rows, runs, stamp, args, weights, backend, tag, gpu,
+                                         memory_label, f"{base.name}.png", argv, floor))
     failed = [r for r in runs if r.exit_code != 0 or not r.output_ok]
     print(report.markdown_table(rows, _columns(gpu)))
     fit = report.linear_fit_line(rows)
@@ -218,16 +217,12 @@ def _columns(gpu: bool) -> list[tuple]:
 
 def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label, png,
               argv, floor) -> str:
-    shown = shown_command(argv if argv is not None else sys.argv[1:])
     how = ("the organisers' `docker container run --shm-size=28gb -m 28G --gpus=\"device="
            f"{args.gpu_index}\" --rm -v ...:/workspace/inputs/ -v ...:/workspace/outputs/ "
            f"{args.docker} /bin/bash -c \"sh predict.sh\"`" if args.docker else
            "`sh predict.sh` (INPUT_DIR/OUTPUT_DIR = a temporary workspace holding that one "
            "case; `--timings-json` added for the stage columns)")
     lines = [
-        f"# Table 4, ours ({tag})", "",
-        f"- machine: {machine.describe(stamp)}",
-        f"- command: `python -m benchmark.profile {shown}`",
         f"- each case: one fresh run of {how}, wall-clock of the whole run"
         + (f"; {args.repeats} runs per case, the fastest shown (the CSV has the median)"
            if args.repeats > 1 else ""),
@@ -262,7 +257,8 @@ def _markdown(rows, runs, stamp, args, weights, backend, tag, gpu, memory_label,
     if bad:
         lines += ["", "## Failed runs", ""] + [f"- {r.case}: {r.error or 'no valid output'}"
                                                for r in bad]
-    return "\n".join(lines) + "\n"
+    return (report.header(f"Table 4, ours ({tag})", stamp, "benchmark.profile", argv)
+            + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,37 @@
-"""Writers for benchmark results: CSV, Markdown tables and the Table 4 plot."""
+"""Writers for benchmark results: where a result's files go, the header of its page, CSV,
+Markdown tables and the Table 4 plot."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from benchmark import paper
+from benchmark import machine, paper
+from inference.folders import atomic_temporary
+
+
+def results_base(folder: str | Path, kind: str, stamp: dict, device: str = "auto",
+                 tag: str = "") -> Path:
+    """A result's files without their suffix, ``<folder>/<kind>_<device>_<date>[_<tag>]``:
+    what was measured, on which device (``machine.slug``) and when, so that a measurement
+    on another machine or day never overwrites this one."""
+    return Path(folder) / f"{kind}_{machine.slug(stamp, device)}{'_' + tag if tag else ''}"
+
+
+def header(title: str, stamp: dict, module: str | None = None,
+           argv: Sequence[str] | None = None) -> str:
+    """The first lines of a results page: its title, the machine and time of the measurement,
+    and, with ``module``, the command that made it (``argv`` default: this process's
+    arguments), each ending in a newline."""
+    lines = [f"# {title}", "", f"- machine: {machine.describe(stamp)}"]
+    if module is not None:
+        shown = machine.shown_command(sys.argv[1:] if argv is None else argv)
+        lines.append(f"- command: `{' '.join(filter(None, ['python -m', module, shown]))}`")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(value, fmt: str | None = None) -> str:
@@ -22,18 +45,17 @@ def _cell(value, fmt: str | None = None) -> str:
 def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
     """Rows as CSV with a header; ``columns`` fixes the order (default: the first row's keys).
 
-    Missing values are empty cells; floats keep full precision.
+    Missing values are empty cells; floats keep full precision. The file appears whole or
+    not at all.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(columns or (rows[0].keys() if rows else []))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_temporary(path) as temporary, open(temporary, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
             writer.writerow([_cell(row.get(c)) for c in columns])
-    tmp.replace(path)
     return path
 
 
@@ -87,19 +109,22 @@ def linear_fit_line(rows: Sequence[dict], key: str = "time_s") -> str:
 
 
 def write_text(path: str | Path, text: str) -> Path:
+    """``text`` into ``path`` (its folder made if missing), whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_temporary(path) as temporary:
+        temporary.write_text(text)
     return path
 
 
-def write_results(folder: str | Path, name: str, markdown: str, data: dict) -> None:
-    """``<name>.md`` and ``<name>.json`` in ``folder``, and the Markdown on stdout."""
-    write_text(Path(folder) / f"{name}.md", markdown)
-    write_text(Path(folder) / f"{name}.json", json.dumps(data, indent=1) + "\n")
-    print(markdown)
+def write_results(base: Path, markdown: str | None = None, data: dict | None = None) -> Path:
+    """A result's page ``<base>.md`` and its record ``<base>.json``, either left out when
+    None; ``base`` from :func:`results_base`."""
+    if markdown is not None:
+        write_text(f"{base}.md", markdown)
+    if data is not None:
+        write_text(f"{base}.json", json.dumps(data, indent=1) + "\n")
+    return base
 
 
 def paper_markdown() -> str:

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmark import machine
+from benchmark import machine, report
 from benchmark.machine import ROOT, results_dir
-from benchmark.report import markdown_table, write_results
+from benchmark.report import markdown_table
 
 
 def _seconds(run) -> float:
@@ -79,12 +79,14 @@ def main(argv=None) -> int:
         ("mask", "mask alone s (the container's Predictor)", ".2f"),
         ("table", "+ lesion table s", ".2f"), ("statistics", "+ statistics s", ".2f"),
         ("statistics_ratio", "statistics / mask", ".2f"), ("preview", "preview s", ".2f")])
-    name = f"scans_{machine.slug(stamp, args.device)}"
-    text = (f"# flare-nnsam predict: what the reports cost\n\n{machine.describe(stamp)}\n\n"
-            f"Weights: `{args.weights.name}`, device {args.device}; medians of {args.repeats} "
+    text = (report.header("flare-nnsam predict: what the reports cost", stamp, "benchmark.scans",
+                          argv)
+            + f"\nWeights: `{args.weights.name}`, device {args.device}; medians of {args.repeats} "
             "repeats, the variants alternating within each; reading and writing not "
             "included.\n\n" + table)
-    write_results(args.output, name, text, {"machine": stamp, "rows": rows})
+    report.write_results(report.results_base(args.output, "scans", stamp, args.device), text,
+                         {"machine": stamp, "rows": rows})
+    print(text)
     return 0
 
 

@@ -38,9 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmark import machine
+from benchmark import machine, report
 from benchmark.machine import ROOT, results_dir
-from benchmark.report import markdown_table, write_text
+from benchmark.report import markdown_table
 from benchmark.container.runner import STAGES, docker_command, list_inputs, local_command
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ def medians(rounds: list[dict]) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], stamp: dict, image: str, cases: list[Path], rounds: int,
-           gpu: int | None) -> str:
+def markdown(rows: list[dict], stamp: dict, image: str, cases: list[Path], rounds: int,
+           gpu: int | None, argv=None) -> str:
     host = next(r for r in rows if r["variant"] == "host")
     for row in rows:
         row["vs_host"] = row["wall_s"] / host["wall_s"] if "ready_s" in row else None
@@ -150,9 +150,9 @@ def report(rows: list[dict], stamp: dict, image: str, cases: list[Path], rounds:
                ("read_s", "read s", ".2f"), ("network_s", "network s", ".2f"),
                ("outside_s", "outside s", ".2f")]
     names = ", ".join(p.name for p in cases)
-    return (f"# The first case inside the image and outside it\n\n"
-            f"- machine: {machine.describe(stamp)}\n"
-            f"- image: `{image}`; cases: {names} (one run holds all of them)\n"
+    return (report.header("The first case inside the image and outside it", stamp,
+                          "benchmark.container.container_startup", argv)
+            + f"- image: `{image}`; cases: {names} (one run holds all of them)\n"
             f"- {rounds} interleaved rounds, medians; GPU: "
             f"{'--gpus device=%d' % gpu if gpu is not None else 'none (no --gpus)'}\n"
             f"- ready: the CLI's first line to the model loaded (imports, model); cases: "
@@ -189,12 +189,11 @@ def main(argv=None) -> int:
             log.info("round %d: %s", i + 1, ", ".join(
                 f"{v} {rounds[-1][v]['wall_s']:.2f} s" for v in VARIANTS))
     rows = medians(rounds)
-    text = report(rows, stamp, args.image, cases, args.rounds, args.gpu)
-    name = f"container_startup_{machine.slug(stamp)}_{len(cases)}-case{'s' * (len(cases) > 1)}"
-    write_text(args.output / f"{name}.md", text)
-    write_text(args.output / f"{name}.json",
-               json.dumps({"machine": stamp, "image": args.image,
-                           "cases": [c.name for c in cases], "rounds": rounds}, indent=1) + "\n")
+    text = markdown(rows, stamp, args.image, cases, args.rounds, args.gpu, argv)
+    tag = f"{len(cases)}-case{'s' * (len(cases) > 1)}"
+    report.write_results(report.results_base(args.output, "container_startup", stamp, tag=tag),
+                         text, {"machine": stamp, "image": args.image,
+                                "cases": [c.name for c in cases], "rounds": rounds})
     print(text)
     return 0
 

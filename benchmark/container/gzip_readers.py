@@ -14,7 +14,6 @@ project: ``pip install rapidgzip`` to measure it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -98,19 +97,14 @@ def main(argv=None) -> int:
     table = report.markdown_table(rows, [("reader", "reader"), ("median_s", "median (s)", ".3f"),
                                          ("best_s", "best (s)", ".3f"), ("rounds", "rounds (s)")])
     size = nifti.read_ct(args.input).array.shape[::-1]
-    base = args.output / f"gzip_readers_{machine.slug(stamp, 'cpu')}"
-    shown = " ".join(a if not Path(a).is_absolute() else display_path(a)
-                     for a in (argv if argv is not None else sys.argv[1:]))
-    report.write_text(base.with_suffix(".md"), "\n".join([
-        f"# Reading {args.input.name} ({'x'.join(map(str, size))}) through inference.nifti: "
-        "isal against rapidgzip", "",
-        f"- machine: {machine.describe(stamp)}",
-        f"- command: `python -m benchmark.container.gzip_readers {shown}`",
-        f"- {args.rounds} interleaved rounds in one process after one unrecorded read; every "
-        "read gave the same voxels", "", table]))
-    report.write_text(base.with_suffix(".json"), json.dumps(
-        {"machine": stamp, "case": args.input.name, "threads": args.threads,
-         "times_s": times}, indent=2) + "\n")
+    base = report.results_base(args.output, "gzip_readers", stamp, "cpu")
+    title = (f"Reading {args.input.name} ({'x'.join(map(str, size))}) through inference.nifti: "
+             "isal against rapidgzip")
+    text = (report.header(title, stamp, "benchmark.container.gzip_readers", argv)
+            + f"- {args.rounds} interleaved rounds in one process after one unrecorded read; "
+            "every read gave the same voxels\n\n" + table)
+    report.write_results(base, text, {"machine": stamp, "case": args.input.name,
+                                      "threads": args.threads, "times_s": times})
     print(table)
     print(f"results: {display_path(base)}.md/.json")
     return 0

@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmark import machine
+from benchmark import machine, report
 from benchmark.machine import ROOT, results_dir
-from benchmark.report import markdown_table, write_results
+from benchmark.report import markdown_table
 
 MB = 2**20
 _PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=False, "
@@ -94,11 +94,13 @@ def main(argv=None) -> int:
                                   ("peak_mb", "peak RSS MB", ".0f"),
                                   ("per_voxel_byte", "(peak - baseline) / voxel bytes", ".2f"),
                                   ("ratio", "peak / voxel bytes", ".2f")])
-    name = f"host_memory_{machine.slug(stamp, 'cpu')}"
-    text = (f"# Peak resident memory per case (CPU, onnxruntime)\n\n{machine.describe(stamp)}\n\n"
-            f"Weights: `{args.weights.name}`. Peak from the kernel (`ru_maxrss`), one fresh run "
-            "per row; int16 input, 512x512 slices.\n\n" + table)
-    write_results(args.output, name, text, {"machine": stamp, "rows": rows})
+    text = (report.header("Peak resident memory per case (CPU, onnxruntime)", stamp,
+                          "benchmark.container.host_memory", argv)
+            + f"\nWeights: `{args.weights.name}`. Peak from the kernel (`ru_maxrss`), one fresh "
+            "run per row; int16 input, 512x512 slices.\n\n" + table)
+    report.write_results(report.results_base(args.output, "host_memory", stamp, "cpu"), text,
+                         {"machine": stamp, "rows": rows})
+    print(text)
     return 0
 
 

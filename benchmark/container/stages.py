@@ -13,14 +13,13 @@ is the interpreter's share. Writes ``stages_<machine>_<date>_<tag>.md`` and ``.j
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmark import machine, report
+from benchmark import report
 from benchmark.container.runner import STAGES, add_run_arguments, run_case, run_setup
 from benchmark.machine import display_path, results_dir, weights_note
 
@@ -85,20 +84,16 @@ def main(argv=None) -> int:
     rows = breakdown(run, interpreter_s)
     weights = weights_note(args.weights)
     tag = args.tag or f"{weights['preset']}-{run.backend}"
-    base = args.output / f"stages_{machine.slug(stamp, run.device or 'auto')}_{tag}"
+    base = report.results_base(args.output, "stages", stamp, run.device or "auto", tag)
     table = report.markdown_table(rows, [("part", "part"), ("seconds", "seconds", ".2f"),
                                          ("share", "share of wall-clock (%)", ".1f")])
     x, y, z = run.size_xyz
     mem = "max GPU (NVML)" if gpu else "peak RSS of the process tree (CPU, no GPU)"
-    shown = [a if not Path(a).is_absolute() else display_path(a)
-             for a in (argv if argv is not None else sys.argv[1:])]
     trained = {True: "trained", False: "untrained (random weights: honest speed, "
                "meaningless masks)"}.get(weights["trained"], "training status unknown")
-    text = "\n".join([
-        f"# Stage profile: {run.case} ({x}x{y}x{z}, spacing "
-        f"{'x'.join(f'{s:g}' for s in run.spacing_xyz)} mm), {tag}", "",
-        f"- machine: {machine.describe(stamp)}",
-        f"- command: `python -m benchmark.container.stages {' '.join(shown)}`",
+    title = (f"Stage profile: {run.case} ({x}x{y}x{z}, spacing "
+             f"{'x'.join(f'{s:g}' for s in run.spacing_xyz)} mm), {tag}")
+    text = report.header(title, stamp, "benchmark.container.stages", argv) + "\n".join([
         "- one fresh `sh predict.sh` run on this case alone"
         + ("" if args.no_warmup else ", after one unrecorded warm-up run"),
         f"- weights: `{weights['path']}`, preset `{weights['preset']}`, {trained}",
@@ -111,12 +106,11 @@ def main(argv=None) -> int:
         table,
         "Stages and model load come from the run's `--timings-json`; interpreter start is "
         "a separate `python3 -c pass` (best of 3); imports and exit are the rest.", ""])
-    report.write_text(base.with_suffix(".md"), text)
-    report.write_text(base.with_suffix(".json"), json.dumps(
-        {"machine": stamp, "case": run.case, "size_xyz": list(run.size_xyz),
-         "spacing_xyz": list(run.spacing_xyz), "weights": weights, "backend": run.backend,
-         "device": run.device, "interpreter_start_s": interpreter_s, "row": run.row(),
-         "breakdown": rows}, indent=2) + "\n")
+    report.write_results(base, text, {
+        "machine": stamp, "case": run.case, "size_xyz": list(run.size_xyz),
+        "spacing_xyz": list(run.spacing_xyz), "weights": weights, "backend": run.backend,
+        "device": run.device, "interpreter_start_s": interpreter_s, "row": run.row(),
+        "breakdown": rows})
     print(table)
     print(f"results: {display_path(base)}.md/.json")
     return 0

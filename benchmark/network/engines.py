@@ -40,7 +40,6 @@ line printed is ``speedup_vs_monai: X.XX`` (MONAI's time over ours, without skip
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -166,10 +165,8 @@ def _markdown(res: dict, stamp: dict, argv) -> str:
     pl = res["placements"]
     first = next(iter(res["variants"].values()))
     z, y, x = res["shape_zyx"]
+    title = f"Sliding-window engines: ours vs MONAI ({res['device']}, preset {res['preset']})"
     lines = [
-        f"# Sliding-window engines: ours vs MONAI ({res['device']}, preset {res['preset']})", "",
-        f"- machine: {machine.describe(stamp)}",
-        f"- command: `{' '.join(['python -m benchmark.network.engines', *argv])}`",
         f"- input: phantom {z}x{y}x{x} (Z, Y, X) at the plan's target spacing, normalised; "
         f"patch {res['patch'][0]}x{res['patch'][1]}, 3 context slices, overlap "
         f"{res['overlap']}, {res['batch_size']} tiles per network call",
@@ -211,7 +208,7 @@ def _markdown(res: dict, stamp: dict, argv) -> str:
         + " MONAI's peak includes the (Z, 3, Y, X) stack it needs for 2.5D; ours gathers the "
         "context slices per batch and blends slab by slab.",
     ]
-    return "\n".join(lines) + "\n"
+    return report.header(title, stamp, "benchmark.network.engines", argv) + "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -249,11 +246,8 @@ def main(argv=None) -> int:
     res = compare(args.preset, tuple(args.shape), args.device, args.overlap, args.batch_size,
                   args.repeats, args.seed)
     res["machine"] = stamp
-    shown = argv if argv is not None else sys.argv[1:]
-    base = args.output / f"engines_{machine.slug(stamp, args.device)}_{args.preset}"
-    report.write_text(base.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
-    text = _markdown(res, stamp, shown)
-    report.write_text(base.with_suffix(".md"), text)
+    base = report.results_base(args.output, "engines", stamp, args.device, args.preset)
+    report.write_results(base, _markdown(res, stamp, argv), res)
     for v, r in res["variants"].items():
         best = (f"{r['best_s']:.3f} s (CPU {r['best_cpu_s']:.2f} s)"
                 if v != "monai_our_weights" else "untimed")

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from benchmark import machine
+from benchmark import machine, report
 from benchmark.dispatch import OperationCounter
 from benchmark.machine import results_dir
-from benchmark.report import markdown_table, write_text
+from benchmark.report import markdown_table
 
 RESULTS = results_dir("network")
 
@@ -89,16 +88,14 @@ def main(argv=None) -> int:
                                   ("per_batch", "operations per batch", ".0f"),
                                   ("per_tile", "per tile", ".1f"),
                                   ("most", "most frequent")])
-    name = f"launches_{machine.slug(stamp, 'cpu')}{('_' + args.tag) if args.tag else ''}"
-    text = (f"# Operations one tile batch launches (batch {args.batch})\n\n"
-            f"{machine.describe(stamp)}\n\n`python -m benchmark.network.launches`: the operations "
-            "one forward pass of `LesionProbability` in eval mode dispatches, views left out, "
-            "counted on the CPU (on a GPU each launches at least one kernel).\n\n"
-            + table)
-    write_text(args.output / f"{name}.md", text)
-    (args.output / f"{name}.json").write_text(json.dumps(
-        {"machine": stamp, "rows": [{k: v for k, v in r.items() if k != "most"} for r in rows]},
-        indent=1) + "\n")
+    text = (report.header(f"Operations one tile batch launches (batch {args.batch})", stamp,
+                          "benchmark.network.launches", argv)
+            + "\nThe operations one forward pass of `LesionProbability` in eval mode dispatches, "
+            "views left out, counted on the CPU (on a GPU each launches at least one kernel)."
+            "\n\n" + table)
+    report.write_results(
+        report.results_base(args.output, "launches", stamp, "cpu", args.tag), text,
+        {"machine": stamp, "rows": [{k: v for k, v in r.items() if k != "most"} for r in rows]})
     return 0
 
 

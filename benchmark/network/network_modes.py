@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from benchmark import machine
+from benchmark import machine, report
 from benchmark.dispatch import synchronize
 from benchmark.machine import results_dir
-from benchmark.report import markdown_table, write_text
+from benchmark.report import markdown_table
 from inference.model import LesionProbability, build_model
 
 RESULTS = results_dir("network")
@@ -139,17 +138,15 @@ def main(argv=None) -> int:
                                   ("ms_per_tile", "ms per tile", ".3f"),
                                   ("max_abs_diff", "max abs diff vs fp32", ".1e"),
                                   ("error", "error", None)])
-    text = (f"# Network execution modes, `{args.preset}` preset, {args.device}\n\n"
-            f"- machine: {machine.describe(stamp)}\n"
-            f"- command: `python -m benchmark.network.network_modes {' '.join(argv or [])}`\n"
-            f"- fastest within {AGREEMENT} of fp32: "
+    text = (report.header(f"Network execution modes, `{args.preset}` preset, {args.device}",
+                          stamp, "benchmark.network.network_modes", argv)
+            + f"- fastest within {AGREEMENT} of fp32: "
             f"{fastest['mode']} at batch {fastest['batch']}, "
             f"{fastest['ms_per_tile']:.3f} ms per tile\n\n{table}\n")
     print(text)
-    name = f"network_modes_{machine.slug(stamp, args.device)}_{args.preset}"
-    write_text(args.output / f"{name}.md", text)
-    (args.output / f"{name}.json").write_text(json.dumps(
-        {"stamp": stamp, "rows": rows, "fastest": fastest}, indent=1) + "\n")
+    report.write_results(
+        report.results_base(args.output, "network_modes", stamp, args.device, args.preset),
+        text, {"stamp": stamp, "rows": rows, "fastest": fastest})
     return 0
 
 

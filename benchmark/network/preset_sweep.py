@@ -4,20 +4,20 @@
 exports it to ONNX (the CPU backend's graph), and times torch and onnxruntime per tile
 on the same random batch. Rounds are interleaved across candidates and the best round
 counts, so a busy machine slows all candidates alike. The table goes to stdout and to
-``benchmark/results/network/preset_sweep_cpu_<date>.md``.
+``preset_sweep_<machine>_<date>.md`` in ``-o`` (default ``benchmark/results/network``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmark.machine import cpu_model, results_dir
+from benchmark import machine, report
+from benchmark.machine import display_path, results_dir
 from inference.model import (LesionProbability, build_model, count_flops, count_parameters,
                              tile_activation_bytes)
 from inference.onnx_export import export_onnx
@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument("-o", "--output", type=Path, default=RESULTS,
+                        help="results folder (default benchmark/results/network)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows, runners = [], []
@@ -75,20 +77,23 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             session.run(None, feed)
             row["ort_ms"].append((time.perf_counter() - t) * 1000 / args.batch)
-    header = (f"# Network size candidates on the CPU\n\n{cpu_model()}, {torch.get_num_threads()} "
-              f"torch threads, torch {torch.__version__}, onnxruntime {ort.__version__}, "
-              f"{datetime.date.today().isoformat()}. Batch of {args.batch} tiles of 3x192x192; "
-              f"best of {args.rounds} interleaved rounds.\n\n"
-              "| candidate | params (M) | GFLOPs/tile | est. fp16 MiB/tile | torch CPU ms/tile "
-              "| onnxruntime CPU ms/tile |\n|---|---:|---:|---:|---:|---:|\n")
-    lines = [f"| {r['name']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['act_mib']:.1f} "
-             f"| {min(r['torch_ms']):.1f} | {min(r['ort_ms']):.1f} |" for r in rows]
-    text = header + "\n".join(lines) + "\n"
+    for row in rows:
+        row["torch_best_ms"], row["ort_best_ms"] = min(row["torch_ms"]), min(row["ort_ms"])
+    stamp = machine.stamp()
+    text = (report.header("Network size candidates on the CPU", stamp,
+                          "benchmark.network.preset_sweep", argv)
+            + f"- {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"onnxruntime {ort.__version__}; batch of {args.batch} tiles of 3x192x192; best of "
+            f"{args.rounds} interleaved rounds\n\n"
+            + report.markdown_table(rows, [
+                ("name", "candidate"), ("params_m", "params (M)", ".2f"),
+                ("gflops", "GFLOPs/tile", ".2f"), ("act_mib", "est. fp16 MiB/tile", ".1f"),
+                ("torch_best_ms", "torch CPU ms/tile", ".1f"),
+                ("ort_best_ms", "onnxruntime CPU ms/tile", ".1f")]))
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"preset_sweep_cpu_{datetime.date.today().isoformat()}.md"
-    out.write_text(text)
-    print(f"written to {out.relative_to(RESULTS.parent.parent)}")
+    base = report.write_results(report.results_base(args.output, "preset_sweep", stamp, "cpu"),
+                                text)
+    print(f"results: {display_path(base)}.md")
     return 0
 
 

@@ -37,7 +37,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark import machine, report
+from benchmark import report
 from benchmark.container.memory import idle_mb
 from benchmark.container.runner import (CaseRun, add_run_arguments, case_id, run_case, run_setup,
                                        select_cases)
@@ -200,8 +200,8 @@ def main(argv=None) -> int:
     finally:
         os.environ["PATH"] = path_before
     rows = [r.row() for r in records]
-    base = args.output / f"nnunet_{machine.slug(stamp, 'cpu' if device == 'cpu' else 'auto')}"
-    report.write_csv(rows, base.with_suffix(".csv"), summary.CSV_COLUMNS)
+    base = report.results_base(args.output, "nnunet", stamp, "cpu" if device == "cpu" else "auto")
+    report.write_csv(rows, f"{base}.csv", summary.CSV_COLUMNS)
     context = {"stamp": stamp, "gpu": gpu, "device": device, "model": model, "records": records,
                "memory": records[0].run.trace.label, "rounds": args.rounds,
                "warmup": not args.no_warmup, "weights": args.weights, "notes": args.note,
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                "argv": argv if argv is not None else sys.argv[1:],
                "load_after": os.getloadavg() if hasattr(os, "getloadavg") else None}
     text = summary.markdown(rows, context)
-    report.write_text(base.with_suffix(".md"), text)
+    report.write_results(base, text)
     print(report.markdown_table(summary.per_case(rows), summary.TABLE_COLUMNS))
     print(f"results: {display_path(base)}.csv/.md")
     failed = [r for r in records if not r.ok]

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from benchmark.machine import ROOT
+from inference.folders import atomic_temporary
 
 SPACING_ZYX = (3.0, 2.0, 2.0)
 PATCH_ZYX = (96, 128, 128)
@@ -157,11 +158,10 @@ def write_model_folder(folder: str | Path, seed: int = 0, intensity: dict | None
     network = build_network(json.loads((folder / "plans.json").read_text()), seed)
     checkpoint = folder / f"fold_{FOLD}" / CHECKPOINT
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
-    torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
-                "init_args": {"configuration": CONFIGURATION, "fold": FOLD},
-                "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0,
-                "note": f"random weights (seed {seed}) for a speed comparison"}, tmp)
-    tmp.replace(checkpoint)
+    with atomic_temporary(checkpoint) as temporary:
+        torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
+                    "init_args": {"configuration": CONFIGURATION, "fold": FOLD},
+                    "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0,
+                    "note": f"random weights (seed {seed}) for a speed comparison"}, temporary)
     return {"folder": folder, "checkpoint": checkpoint,
             "parameters": sum(p.numel() for p in network.parameters())}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from importlib import metadata
 
-from benchmark import machine, report
+from benchmark import report
 from benchmark.machine import shown_command, weights_note
 from benchmark.peers import nnunet_model
 
@@ -99,13 +99,10 @@ def markdown(rows: list[dict], ctx: dict) -> str:
     model = ctx["model"]
     load = ctx.get("load_after")
     lines = [
-        "# Ours beside nnU-Net v2's predictor (the FLARE24 Task 1 winner's 3D plan)", "",
-        f"- machine: {machine.describe(stamp)}"
-        + (f"; load average after the run {'/'.join(f'{v:.2f}' for v in load)}" if load
-           else ""),
+        *([f"- load average after the run: {'/'.join(f'{v:.2f}' for v in load)}"] if load
+          else []),
         *(f"- note: {n}" for n in ctx.get("notes", [])),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-        f"- command: `python -m benchmark.peers.nnunet {shown_command(ctx['argv'])}`",
         "- ours: `sh predict.sh` on a workspace holding the one case "
         f"(INPUT_DIR/OUTPUT_DIR; `--timings-json` added); weights `{weights['path']}` "
         f"({'shipped' if ctx['weights'] is None else 'given'}), preset `{weights['preset']}`"
@@ -142,5 +139,6 @@ def markdown(rows: list[dict], ctx: dict) -> str:
               "a GPU machine without SimpleITK, cc3d, isal and nnU-Net needs):", "",
               "```sh", "python -m benchmark.peers.nnunet --make-suite --sizes 554 --rounds 3 --device cuda",
               "```", ""]
-    return "\n".join(lines)
+    title = "Ours beside nnU-Net v2's predictor (the FLARE24 Task 1 winner's 3D plan)"
+    return report.header(title, stamp, "benchmark.peers.nnunet", ctx["argv"]) + "\n".join(lines)
 

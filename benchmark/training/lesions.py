@@ -19,7 +19,6 @@ could not be, 2 when a folder is missing or holds no ground truth.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from benchmark.report import write_csv
 from evaluation.evaluate import (SUFFIX, _read, add_folder_arguments, cases_to_score,
                                 grid_difference)
 
@@ -184,14 +184,9 @@ def _print(rows, false_positives, cases, metadata, min_overlap) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["case", "volume_ml", "covered", "found", "host", "contrast_hu"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "volume_ml": f"{row['volume_ml']:.4f}",
-                             "covered": f"{row['covered']:.4f}", "found": int(row["found"])})
+    write_csv([{**row, "volume_ml": f"{row['volume_ml']:.4f}", "covered": f"{row['covered']:.4f}",
+                "found": int(row["found"])} for row in rows], path,
+              ["case", "volume_ml", "covered", "found", "host", "contrast_hu"])
     log.info("wrote %s", path)
 
 

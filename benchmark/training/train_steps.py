@@ -30,12 +30,11 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark import machine
+from benchmark import machine, report
 from benchmark.machine import results_dir
 from benchmark.dispatch import OperationCounter, synchronize
 from benchmark.training.modes import (Mode, build_run, parse_mode, synthetic_batch,
@@ -228,14 +227,11 @@ def _writer(args, device):
     if not args.output:
         return lambda records: None
     stamp = machine.stamp()
-    name = f"train_steps_{machine.slug(stamp, device.type)}{'_' + args.tag if args.tag else ''}"
-    path = Path(args.output) / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    base = report.results_base(args.output, "train_steps", stamp, device.type, args.tag)
 
     def save(records):
-        path.write_text(json.dumps({"machine": stamp, "device": str(device),
-                                    "torch": torch.__version__, "records": records},
-                                   indent=1) + "\n")
+        report.write_results(base, data={"machine": stamp, "device": str(device),
+                                         "torch": torch.__version__, "records": records})
     return save
 
 

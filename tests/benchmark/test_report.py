@@ -1,8 +1,11 @@
 """CSV, Markdown and plot writers."""
 
 import csv
+import json
 
-from benchmark import paper, report
+import pytest
+
+from benchmark import machine, paper, report
 
 
 ROWS = [{"case": "a", "slices": 55, "time_s": 1.23456, "max_mb": 300.0, "area_mb_s": 123.4},
@@ -17,7 +20,32 @@ def test_csv_round_trips_with_blank_missing_values(tmp_path):
     assert [r["case"] for r in rows] == ["a", "b|c"]
     assert float(rows[0]["time_s"]) == 1.23456  # full precision in the CSV
     assert rows[1]["max_mb"] == "" and rows[0]["extra"] == ""
-    assert not list(tmp_path.glob("sub/.*.tmp"))
+    assert not list(tmp_path.glob("sub/.*"))  # no temporary left behind
+
+
+STAMP = {"date": "2000-01-02", "time_utc": "2000-01-02T03:04:05Z",
+         "cpu": "AMD EPYC 7B13 64-Core Processor", "cores": 2, "memory_gb": 8.0, "gpus": [],
+         "os": "Linux 6.1", "python": "3.11.2", "load_average": [0.5, 0.25, 0.0],
+         "revision": "0123abc"}
+
+
+def test_a_result_is_named_and_headed_from_the_machine_stamp(tmp_path):
+    base = report.results_base(tmp_path, "engines", STAMP, "cpu", "tiny-overlap0.5")
+    assert base == tmp_path / "engines_cpu-amd-epyc-7b13-64-core-2c_2000-01-02_tiny-overlap0.5"
+    text = report.header("Title", STAMP, "benchmark.x", ["-i", str(tmp_path / "a b"), "--n", "3"])
+    assert text.splitlines() == ["# Title", "", f"- machine: {machine.describe(STAMP)}",
+                                 "- command: `python -m benchmark.x -i '.../a b' --n 3`"]
+    assert "2000-01-02T03:04:05Z" in text and "commit 0123abc" in text
+    report.write_results(base, text + "body\n", {"rows": [1]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{base.name}.json", f"{base.name}.md"]
+    assert (tmp_path / f"{base.name}.md").read_text() == text + "body\n"
+    assert json.loads((tmp_path / f"{base.name}.json").read_text()) == {"rows": [1]}
+
+
+def test_a_write_that_fails_leaves_nothing(tmp_path):
+    with pytest.raises(TypeError):
+        report.write_text(tmp_path / "page.md", None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_markdown_table_formats_aligns_and_escapes():
@@ -58,8 +86,6 @@ def test_linear_fit_reports_misfit_and_refuses_one_size():
     line = report.linear_fit_line([{"slices": 100, "time_s": 2.0}, {"slices": 200, "time_s": 3.0},
                                    {"slices": 300, "time_s": 5.0}])
     assert line.startswith("Linear fit over 3 cases: time = 0.33 s + 1.50 s per 100 slices")
-    import pytest
-
     with pytest.raises(ValueError):
         report.linear_fit([100, 100], [1.0, 2.0])
     assert report.linear_fit_line([{"slices": 100, "time_s": 1.0}]) == ""

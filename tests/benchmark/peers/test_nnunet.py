@@ -59,7 +59,7 @@ def test_plan_files_are_json_nnunet_reads(tmp_path):
     assert dataset["labels"] == {"background": 0, "lesion": 1}
     assert dataset["file_ending"] == ".nii.gz"
     assert json.loads((tmp_path / "plans.json").read_text()) == nnunet_model.plans()
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*"))  # no temporary left behind
 
 
 def _record(case, slices, rnd, tool, wall, ok=True):
