@@ -3,8 +3,8 @@
     python -m benchmark.container.suite -o DIR [--sizes 55 100 ...] [--slice-spacing 2.5] [--seed 0]
 
 Files are named like challenge inputs, ``table4_z055_0000.nii.gz``. A file already
-there with the right size and spacing is kept (generating the 554-slice case takes
-about 20 s), so the suite is made once and reused.
+there with the right size and spacing is kept (a large phantom is slow to generate), so
+the suite is made once and reused.
 
 Slice spacing: the paper gives sizes, not spacings. 2.5 mm puts the cases between a
 14 cm abdominal scan (55 slices) and a 1.4 m trunk-and-legs scan (554 slices), which is
