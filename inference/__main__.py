@@ -162,7 +162,7 @@ def _work(args, cases: list, report) -> int:
     origin = report.born if report.replacement else START
     ready_s = time.perf_counter() - origin
     # The read-ahead inflates the voxels first and needs ITK only for the geometry at the
-    # end: importing SimpleITK (about 50 ms) here, while it still inflates, takes that
+    # end: importing SimpleITK here, while it still inflates, takes that
     # import off the read's path.
     nifti.simpleitk()
     log.info("start-up %.2f s (imports and model%s)", ready_s, "" if waited is None else

@@ -2,8 +2,8 @@
 
 ``TorchBackend`` runs the state dict on CUDA (fp16) or the CPU; ``OnnxBackend`` runs
 the exported graph with onnxruntime and never imports torch, which saves seconds of
-start-up on every case. ``choose`` picks by device: torch on a GPU, onnxruntime on the
-CPU (measured: benchmark/results/).
+start-up on every case. ``choose_backend`` picks by device: torch on a GPU, onnxruntime on
+the CPU (the measurements: benchmark/results/README.md).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class TorchBackend:
                     self.device).total_memory
             # No autotuning: it times every convolution's algorithms again in each fresh
             # process, one per case in the challenge, which cost more than it saved
-            # (benchmark/results/container/gpu_h100_2026-11-27.md).
+            # (benchmark/results/README.md).
             torch.backends.cudnn.benchmark = False
         path = weights_io.verified(folder, weights_io.TORCH_MODEL)
         state = torch.load(path, map_location="cpu", weights_only=True)

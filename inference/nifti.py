@@ -48,7 +48,7 @@ import numpy as np
 from inference.budget import more_than_memory
 from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary, not_a_file
 
-try:  # isal inflates/deflates 2-3x faster than zlib; fall back when it is absent
+try:  # isal inflates and deflates faster than zlib; fall back when it is absent
     from isal import igzip as _gzip
     from isal import isal_zlib as _zlib
     from isal.isal_zlib import _GzipReader as _InMemoryGzipReader
@@ -85,7 +85,7 @@ _NUMPY_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "
 
 @functools.cache
 def simpleitk():
-    """SimpleITK, imported on first use: its import (about 50 ms) then runs while the
+    """SimpleITK, imported on first use: its import then runs while the
     first case's voxels inflate, instead of before the read can start."""
     import SimpleITK as sitk
 
@@ -167,7 +167,7 @@ def read_ct(path: str | os.PathLike, itk_voxels: bool = False) -> CtVolume:
     ``itk_voxels`` gives float32 through ITK.
 
     ITK reads the header and decides the geometry (its qform/sform rules); the voxels
-    are inflated with isal and scaled here, which is 2-4x faster than ITK's zlib and
+    are inflated with isal and scaled here, which is faster than ITK's zlib and
     lets other threads run meanwhile (the read overlaps start-up). ``itk_voxels`` reads
     them through ITK instead (the reference the tests compare against).
     """
@@ -307,9 +307,9 @@ def _voxel_stream(path: Path, header: _Header) -> BinaryIO:
 
     A whole gzip file (its trailer checked) is mapped into memory and inflated in one call
     that releases the GIL: the read-ahead beside the imports is not slowed by taking the
-    GIL back every 512 KB, as the file-backed gzip reader is (52 MB: 0.37 s instead of
-    0.11 s), and the compressed bytes stay clean page cache, which the kernel reclaims under
-    a memory limit, instead of a private copy (100-250 MB for a 512x512x500 case). Anything
+    GIL back every block, as the file-backed gzip reader is, and the compressed bytes stay
+    clean page cache, which the kernel reclaims under a memory limit, instead of a private
+    copy of the whole compressed file. Anything
     else (bytes after the data, a file that cannot be mapped) is inflated in chunks.
     """
     if not header.compressed:
@@ -352,8 +352,8 @@ class _Inflater(io.RawIOBase):
 
     Several members are read in turn, an empty one included; bytes after the last member
     that do not start another one end the data, as for gzip -d. A member cut short raises
-    EOFError; zlib checks each member's CRC at its end. About 1.4x the time of the mapped
-    reader (a copy per chunk), so it serves the files that one cannot read.
+    EOFError; zlib checks each member's CRC at its end. Slower than the mapped reader (a
+    copy per chunk), so it serves the files that one cannot read.
     """
 
     def __init__(self, path: Path, chunk: int = 1 << 24):

@@ -71,8 +71,8 @@ class Plan:
     body_threshold_hu: float = -500.0
     # Box-average each axis over the downsampling factor before resampling: linear
     # interpolation alone keeps the scanner noise of fine voxels at full strength.
-    # Off by default until a training run shows it helps (one 16-minute phantom run
-    # did not: benchmark/results/training/demo_training.md).
+    # Off by default: turn it on for a dataset where a training run shows that it helps
+    # (benchmark/results/README.md has the runs that compared it).
     smoothing: bool = False
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: PostProcessing = field(default_factory=PostProcessing)

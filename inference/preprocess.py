@@ -78,8 +78,8 @@ def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = PRE
 
     Slabs of slices are converted (and sent to the device) one at a time, smoothed and
     resized in plane; the smaller result is then smoothed and resized along z. Both
-    operations are separable, so this equals doing them on the whole crop at once. The
-    largest case's crop is over 500 MB in float32; its slabs take about 30 MB each, which
+    operations are separable, so this equals doing them on the whole crop at once. A large
+    case's crop in float32 is twice its int16 voxels; a slab is a small part of it, which
     also spares a fresh process most of its page faults.
     """
     parts, ops = [], None

@@ -131,7 +131,7 @@ def _add_train(sub) -> None:
                    help="dynamic-convolution form, same function either way (auto: grouped)")
     p.add_argument("--amp", choices=("auto", "on", "off", "bf16"), default="auto",
                    help="mixed precision: fp16 on CUDA, bf16 on the CPU; auto (default): on "
-                        "CUDA only (bf16 on the CPU gave 1.2x the steps, no better weights); "
+                        "CUDA only (bf16 on the CPU gave faster steps, no better weights); "
                         "bf16: bf16 on either (no loss scaling, so --cuda-graph can capture "
                         "the step)")
     _add_step_levers(p)

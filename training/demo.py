@@ -22,20 +22,20 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Realistic 512x512 slices with a modest number of them; spacing drawn per case
-# (0.6-1.0 mm in plane, 1-5 mm slices) so the model meets the variety it will see.
-# A short run on a small network. Each choice below was measured against the one before
-# it on held-out phantoms (benchmark/results/training/demo_training.md): 80 distinct phantoms;
-# 64-px patches in batches of 16 (more samples per step than larger patches);
-# anti-aliased downsampling (plan --smoothing), so low-contrast lesions stand out of the
-# noise at 2x2x3 mm; CT-sized augmentation; half the samples on a lesion; the Dice
-# averaged per sample (--dice sample), so a small lesion beside a large one still gets a
-# gradient; the coarsest output at loss weight 0 (--deep-supervision nnunet). Thresholds
-# are chosen on 32 tuning phantoms of their own (seed 3000): 8 validation cases are too
-# few to choose a confidence cut. Two torch threads (an idle 2-core machine). The last
-# checkpoint is exported, as nnU-Net does: with 8 validation cases "best" chases noise.
-# fp32 and the per-branch dynamic-convolution form, as the shipped weights were trained.
-# 64 held-out phantoms, because over fewer the mean lesion DSC is too uncertain to compare.
+# A short run of a small network on realistic 512x512 slices with few of them; the spacing
+# is drawn per case, so the model meets the variety it will see. Each choice was kept only
+# where it beat the one before it on held-out phantoms (benchmark/results/README.md):
+# distinct phantoms rather than repeated epochs over few; small patches in large batches
+# (more samples per step); anti-aliased downsampling (plan --smoothing), so low-contrast
+# lesions stand out of the noise at network spacing; CT-sized augmentation; half the
+# samples on a lesion; the Dice averaged per sample (--dice sample), so a small lesion
+# beside a large one still gets a gradient; the coarsest output at loss weight 0
+# (--deep-supervision nnunet). Thresholds are chosen on tuning phantoms of their own:
+# the few validation cases are too few to choose a confidence cut. As many torch threads
+# as an idle machine of the demo's size has cores. The last checkpoint is exported, as
+# nnU-Net does: with few validation cases "best" chases noise. fp32 and the per-branch
+# dynamic-convolution form, as the shipped weights were trained. Enough held-out phantoms
+# that the mean lesion DSC of two runs can be compared.
 FULL = dict(train_cases=80, test_cases=64, tune_cases=32, shape=(512, 512, 48), preset="tiny",
             patch=(64, 64), batch=16, spacing=(2.0, 2.0, 3.0), epochs=70, iterations=250,
             anneal=5, val_every=5, val_fraction=0.1, lr=2e-3, smoothing=True,

@@ -12,12 +12,11 @@ plans.json (and SHA256SUMS); ties go to the middle of the tied triples.
 
 The decision threshold is searched because 0.5 is not the best cut after linear
 upsampling: a lesion a few coarse voxels wide, whose voxels hold partly lesion, shrinks
-or vanishes at 0.5 (spheres of radius 3 and 5 mm on a 0.8 x 0.8 x 2.5 mm grid, each
-2 x 2 x 3 mm voxel holding its exact lesion fraction, score DSC 0.63 and 0.88 at 0.5,
-0.88 and 0.96 at 0.35; ``python -m training ceiling`` measures it on a dataset).
+or vanishes at 0.5 even when each coarse voxel holds its exact lesion fraction, and a
+lower cut keeps more of it (``python -m training ceiling`` measures it on a dataset).
 
 The tile step is chosen the same way: the validation cases are predicted at each step of
-``--steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: about 2.2x fewer tiles),
+``--steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: far fewer tiles),
 and the largest step whose best score lies within ``STEP_TOLERANCE`` (0.01) of the best
 overall is written into the plan, with its post-processing. Speed is bought only where the
 validation cases say accuracy does not pay for it.

@@ -87,11 +87,10 @@ def amp_dtype(device: torch.device, mode: str = "auto"):
 
     CUDA: fp16 with loss scaling, unless ``off`` or ``bf16`` (bf16 needs no loss scaling,
     so a whole step can be captured as a CUDA graph). CPU: fp32 unless ``on`` or ``bf16``,
-    which train in bf16. bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
-    (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored no
-    better on 64 held-out phantoms than the fp32 run (lesion DSC 0.211 and 0.223 against
-    0.196, each within one paired standard error; ``benchmark/results/training/demo_training.md``),
-    and its gradients are measurably coarser (``tests/training/test_trainer.py``).
+    which train in bf16. bf16 is opt-in on the CPU: where the CPU has native bf16 it makes
+    steps faster, but demo runs with it scored no better on held-out phantoms than fp32
+    (benchmark/results/README.md), and its gradients are measurably coarser
+    (``tests/training/test_trainer.py``).
     Without native bf16 (``_native_bf16``) oneDNN emulates it, slower than fp32.
     """
     if mode == "off":
@@ -187,8 +186,8 @@ def init_lesion_prior(network, prior: float) -> None:
     """Start every output head at p(lesion) = ``prior`` (the focal-loss prior initialisation).
 
     Lesions are a tiny fraction of the voxels; from the default p = 0.5 the full-resolution
-    head spends thousands of steps just learning that
-    (benchmark/results/training/demo_training.md has the loss from either start).
+    head spends thousands of steps just learning that (benchmark/results/README.md links the
+    loss from either start).
     """
     if not 0 < prior < 1:
         return
@@ -272,7 +271,7 @@ def _set_up(args) -> Run:
     device, rank, world = _setup_distributed(args.device)
     if device.type == "cpu" and getattr(args, "threads", 0):
         # more threads than idle cores spin-wait on each other: on a shared small machine
-        # one thread is faster than two (docs/training.md)
+        # one thread is faster than two (benchmark/results/README.md)
         torch.set_num_threads(args.threads)
     run = Run(args=args, device=device, rank=rank, world=world, main=rank == 0,
                run_dir=Path(args.output), plan=Plan.load(args.plans), log_handler=None,
