@@ -39,8 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="host memory the run may use, MB (default: the container's limit, "
                         "read from the cgroup); the next case is read during the current one "
                         "only when both fit")
-    p.add_argument("--step", type=float, default=None,
-                   help="tile step as a fraction of the patch (default: the plan's)")
+    p.add_argument("--tile-step", "--step", dest="tile_step", type=float, default=None,
+                   help="tiles this fraction of the patch apart (default: the plan's "
+                        "tile_step)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: from the memory budget)")
     p.add_argument("--torch-mode", default="grouped/autocast",
@@ -63,8 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
         p.error(f"--part-id must lie in 0..{args.num_parts - 1} with --num-parts {args.num_parts}")
-    if args.step is not None and not 0 < args.step <= 1:
-        p.error("--step is a fraction of the patch in (0, 1]")
+    if args.tile_step is not None and not 0 < args.tile_step <= 1:
+        p.error("--tile-step is a fraction of the patch in (0, 1]")
     if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -153,7 +154,7 @@ def _work(args, cases: list, report) -> int:
         if first_read is not None and _uses_torch(args):
             waited = _torch_after_read(first_read)
         predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
-                              args.step, args.batch_size, torch_mode=args.torch_mode,
+                              args.tile_step, args.batch_size, torch_mode=args.torch_mode,
                               threads=args.threads, memory_limit_mb=args.memory_limit_mb)
     except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
         log.error("error: %s", error)

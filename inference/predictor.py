@@ -64,7 +64,7 @@ class Predictor:
     """Build once with a weights folder; call ``predict`` on volumes or ``run`` on files."""
 
     def __init__(self, weights: str | Path, device: str = "auto", backend: str = "auto",
-                 gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, step: float | None = None,
+                 gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, tile_step: float | None = None,
                  batch_size: int | None = None, plan: Plan | None = None,
                  torch_mode: str = DEFAULT_TORCH_MODE, threads: int | None = None,
                  memory_limit_mb: float | None = None):
@@ -74,9 +74,9 @@ class Predictor:
         self._cpu: Predictor | None = None  # where a case goes when the GPU cannot hold it
         self.weights = Path(weights)
         self.plan = plan or load_plan(self.weights)
-        if step is not None:
-            self.plan.tile_step = step
-            self.plan.validate("--step")
+        if tile_step is not None:
+            self.plan.tile_step = tile_step
+            self.plan.validate("--tile-step")
         self.device = resolve_device(device)
         name = choose_backend(backend, self.device)
         if name == "onnx":
@@ -115,12 +115,12 @@ class Predictor:
         return preprocess(volume.array, volume.spacing, volume.direction, self.plan,
                           self.backend.prepare, slab)
 
-    def probability(self, prepared: Prepared, step: float | None = None,
+    def probability(self, prepared: Prepared, tile_step: float | None = None,
                     progress=None) -> np.ndarray:
         """Lesion probability at network resolution of a prepared volume (with a body)."""
         slab, to_host = self._blending(prepared.body.shape)
         return network_probability(
-            prepared.volume, self.backend, self.plan, self.batch_size, step, prepared.body,
+            prepared.volume, self.backend, self.plan, self.batch_size, tile_step, prepared.body,
             slab_slices=slab, to_host=to_host, oom_errors=self.backend.oom_errors,
             progress=progress)
 

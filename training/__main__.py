@@ -189,9 +189,9 @@ def _add_thresholds(sub) -> None:
     p.add_argument("--cases", nargs="+", help="case ids (default: --run's validation split)")
     p.add_argument("-r", "--run", metavar="RUN_DIR", help="take the validation split from here")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=float, nargs="+", metavar="STEP",
-                   help="tile steps to try (default 0.5 1.0); the largest within 0.01 of the "
-                        "best score is kept")
+    p.add_argument("--tile-steps", "--steps", dest="tile_steps", type=float, nargs="+",
+                   metavar="STEP", help="tile steps to try (default 0.5 1.0); the largest "
+                                        "within 0.01 of the best score is kept")
     p.add_argument("--decision-thresholds", type=float, nargs="+", metavar="P",
                    help="lesion-probability cuts to try (default 0.3 0.4 0.5)")
     p.add_argument("--volumes", type=float, nargs="+", metavar="MM3")

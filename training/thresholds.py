@@ -15,10 +15,10 @@ upsampling: a lesion a few coarse voxels wide, whose voxels hold partly lesion, 
 or vanishes at 0.5 even when each coarse voxel holds its exact lesion fraction, and a
 lower cut keeps more of it (``python -m training ceiling`` measures it on a dataset).
 
-The tile step is chosen the same way: the validation cases are predicted at each step of
-``--steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: far fewer tiles),
-and the largest step whose best score lies within ``STEP_TOLERANCE`` (0.01) of the best
-overall is written into the plan, with its post-processing. Speed is bought only where the
+The plan's ``tile_step`` is chosen the same way: the validation cases are predicted at
+each step of ``--tile-steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: far
+fewer tiles), and the largest step whose best score lies within ``STEP_TOLERANCE`` of the
+best overall is written into the plan, with its post-processing. Speed is bought only where the
 validation cases say accuracy does not pay for it.
 """
 
@@ -115,11 +115,12 @@ def grid_search(predictions: list[CasePrediction], thresholds=DECISION_THRESHOLD
     return rows, tied[len(tied) // 2]
 
 
-def predict_case(predictor, entry, steps=None) -> dict[float, CasePrediction]:
+def predict_case(predictor, entry, tile_steps=None) -> dict[float, CasePrediction]:
     """Network-resolution probability of one raw case with the container's code, per tile
-    step (the case is read and preprocessed once for all steps)."""
+    step (the case is read and preprocessed once for all of ``tile_steps``; default: the
+    plan's)."""
     volume, label = read_case(entry)
-    steps = [predictor.plan.tile_step] if steps is None else steps
+    steps = [predictor.plan.tile_step] if tile_steps is None else tile_steps
     prepared = predictor.prepare(volume)
     if prepared.box is None:  # no body: the container writes an empty mask
         probabilities = {step: np.zeros((1, 1, 1), np.float32) for step in steps}
@@ -183,7 +184,7 @@ def run_thresholds(args) -> dict:
     plan.postprocessing.min_volume_mm3 = 0.0
     plan.postprocessing.min_confidence = 0.0
     predictor = Predictor(weights_dir, device=args.device, plan=plan)
-    steps = sorted(set(args.steps or TILE_STEPS))
+    steps = sorted(set(args.tile_steps or TILE_STEPS))
     quiet = args.disable_progress_bar or args.quiet
     predictions = {step: [] for step in steps}
     for case in tqdm(wanted, desc="predict", unit="case", disable=quiet):

@@ -19,11 +19,11 @@ from inference.plans import Plan
 
 
 def predict_cached(network, image: np.ndarray, plan: Plan, device, batch_size: int = 16,
-                   step: float | None = None) -> np.ndarray:
+                   tile_step: float | None = None) -> np.ndarray:
     """Lesion probability (z, y, x) of a cached normalised volume."""
     volume = torch.from_numpy(np.asarray(image, np.float32)).to(device)
     return network_probability(volume, module_predictor(network, device), plan, batch_size,
-                               step)
+                               tile_step)
 
 
 def score_prediction(probability, label, spacing_zyx, plan: Plan) -> tuple[float, float]:
@@ -32,12 +32,12 @@ def score_prediction(probability, label, spacing_zyx, plan: Plan) -> tuple[float
     return score_case(kept, label, spacing_zyx)
 
 
-def validate(network, cases, plan: Plan, device, step: float | None = None) -> dict:
+def validate(network, cases, plan: Plan, device, tile_step: float | None = None) -> dict:
     """Mean DSC, NSD and their mean (the FLARE score) over ``cases`` (CachedCase list)."""
     was_training = network.training
     rows = []
     for case in cases:
-        probability = predict_cached(network, case.image, plan, device, step=step)
+        probability = predict_cached(network, case.image, plan, device, tile_step=tile_step)
         dsc, nsd = score_prediction(probability, np.asarray(case.label), case.spacing_zyx, plan)
         rows.append({"case": case.case, "dsc": dsc, "nsd": nsd,
                      "lesion": bool(np.asarray(case.label).any())})
