@@ -50,7 +50,13 @@ class Normalization:
 
 @dataclass
 class PostProcessing:
-    """Lesion decision and connected-component filtering."""
+    """Lesion decision and connected-component filtering.
+
+    The container takes these from plans.json and nowhere else. ``training plan`` writes
+    them from these defaults and the dataset (``training.planning.initial_postprocessing``);
+    ``training thresholds`` then replaces all three with what scored best on validation
+    cases.
+    """
 
     threshold: float = 0.5
     min_volume_mm3: float = 50.0

@@ -162,16 +162,24 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
                              mean=round(fg["mean"], 2), std=round(max(fg["std"], 1.0), 2))
     config = _network_config(preset, patch, context_slices, sam, sam_options, norm)
     checkpoint = _checked_sam_checkpoint(config, sam_checkpoint, load=not checkpoint_checked)
-    post = PostProcessing()
-    volumes = fp.get("lesion_volumes_mm3")
-    if volumes:
-        # Never drop what a real small lesion looks like: half the 5th-percentile volume.
-        post.min_volume_mm3 = round(float(min(post.min_volume_mm3, 0.5 * volumes["p05"])), 1)
+    post = initial_postprocessing(fp)
     return Plan(target_spacing=tuple(float(v) for v in target_spacing),
                 patch_size=tuple(config.patch_size), context_slices=context_slices,
                 preset=preset, batch_size=batch_size, normalization=norm,
                 postprocessing=post, smoothing=smoothing, network=config,
                 sam_checkpoint=checkpoint).validate("plan")
+
+
+def initial_postprocessing(fp: dict) -> PostProcessing:
+    """The plan's post-processing before ``training thresholds`` chooses it on validation
+    cases: ``PostProcessing``'s defaults, with the minimum component volume lowered to half
+    the dataset's 5th-percentile lesion volume where that is smaller, so that it never drops
+    what a real small lesion of the dataset looks like."""
+    post = PostProcessing()
+    volumes = fp.get("lesion_volumes_mm3")
+    if volumes:
+        post.min_volume_mm3 = round(float(min(post.min_volume_mm3, 0.5 * volumes["p05"])), 1)
+    return post
 
 
 def _network_config(preset, patch, context_slices, sam, sam_options, norm: Normalization):
