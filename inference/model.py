@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.network_config import (PRESETS, ModelConfigError, NetworkConfig,  # noqa: F401
-                                      get_config)
+from inference.network_config import (DEFAULT_PRESET, PRESETS, ModelConfigError,  # noqa: F401
+                                      NetworkConfig, get_config)
 from inference.sam_encoders import SamBranch
 
 DYNAMIC_FORMS = ("grouped", "branches")
@@ -274,7 +274,7 @@ class LesionProbability(nn.Module):
         return torch.sigmoid(logits[:, 1] - logits[:, 0])
 
 
-def build_model(preset: str = "fast", **overrides) -> NnSam:
+def build_model(preset: str = DEFAULT_PRESET, **overrides) -> NnSam:
     """A freshly initialised network for ``preset`` (see PRESETS)."""
     return NnSam(get_config(preset, **overrides))
 

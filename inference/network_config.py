@@ -13,13 +13,17 @@ class ModelConfigError(ValueError):
     """A user-caused problem with the network's configuration, input or checkpoint."""
 
 
+DEFAULT_PRESET = "fast"  # the container's network, and a new plan's (PRESETS below)
+DEFAULT_PATCH_SIZE = (192, 192)  # the paper's in-plane patch (y, x)
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Everything that fixes the network's shape; ``plans.json`` stores all of it."""
 
     in_channels: int = 3
     num_classes: int = 2
-    patch_size: tuple[int, int] = (192, 192)
+    patch_size: tuple[int, int] = DEFAULT_PATCH_SIZE
     base_features: int = 32
     max_features: int = 512
     n_stages: int = 6

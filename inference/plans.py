@@ -12,14 +12,16 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from inference.network_config import (ModelConfigError, NetworkConfig, config_from_dict,
-                                      config_to_dict, get_config)
+from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
+                                      NetworkConfig, config_from_dict, config_to_dict,
+                                      get_config)
 
 PLAN_VERSION = 1
 ORIENTATIONS = ("LPS", "RAS")
 SPACING_RANGE_MM = (0.1, 20.0)
 PATCH_RANGE = (8, 2048)
 MIN_TILE_STEP = 0.05
+DEFAULT_BATCH_SIZE = 4  # training samples per step (the paper's)
 
 
 class PlanError(ValueError):
@@ -68,11 +70,11 @@ class Plan:
     """Target spacing (x, y, z mm), 2.5D patch, orientation, normalisation, thresholds."""
 
     target_spacing: tuple[float, float, float] = (2.0, 2.0, 3.0)
-    patch_size: tuple[int, int] = (192, 192)
+    patch_size: tuple[int, int] = DEFAULT_PATCH_SIZE
     context_slices: int = 3
     orientation: str = "LPS"
-    preset: str = "fast"
-    batch_size: int = 4
+    preset: str = DEFAULT_PRESET
+    batch_size: int = DEFAULT_BATCH_SIZE
     tile_step: float = 0.5
     body_threshold_hu: float = -500.0
     # Box-average each axis over the downsampling factor before resampling: linear

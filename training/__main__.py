@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from inference.network_config import DEFAULT_PATCH_SIZE, DEFAULT_PRESET, PRESETS
+from inference.plans import DEFAULT_BATCH_SIZE
+
 log = logging.getLogger("training")
 
 
@@ -36,9 +39,12 @@ def _add_plan(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="PLANS.json")
     p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="mm (default: in-plane 2x the median, slices max(median, 3))")
-    p.add_argument("--preset", default="fast", help="network preset (default fast)")
-    p.add_argument("--patch", type=int, nargs=2, default=(192, 192), metavar=("Y", "X"))
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
+                   help=f"network preset (default {DEFAULT_PRESET})")
+    p.add_argument("--patch", type=int, nargs=2, default=DEFAULT_PATCH_SIZE, metavar=("Y", "X"),
+                   help=f"in-plane patch (default {DEFAULT_PATCH_SIZE[0]} {DEFAULT_PATCH_SIZE[1]})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"training samples per step (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--smoothing", action="store_true",
                    help="box-average over the downsampling factor before resampling "
                         "(anti-aliasing: less noise at network resolution)")

@@ -13,7 +13,7 @@ cases contribute spacing and shape only.
 
 Plan: target spacing (default: in-plane twice the median, slices max(median, 3 mm);
 ``--target-spacing`` for e.g. the FLARE24 winner's 3x2x2 mm), 2.5D patch
-(3 x 192 x 192 by default), batch size, CT normalisation (clip to the sample's
+(``DEFAULT_PATCH_SIZE`` in plane by default), batch size, CT normalisation (clip to the sample's
 0.5/99.5 percentiles, z-score with its mean and std), network preset, post-processing
 defaults (refined later by ``python -m training thresholds``).
 """
@@ -31,8 +31,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from inference.network_config import ModelConfigError, get_config, with_sam
-from inference.plans import Normalization, Plan, PostProcessing
+from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
+                                      get_config, with_sam)
+from inference.plans import DEFAULT_BATCH_SIZE, Normalization, Plan, PostProcessing
 from training.dataset import CaseError, DatasetError, list_dataset, read_case
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ def summarise(cases: list[dict]) -> dict:
     return summary
 
 
-def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 192),
-              batch_size: int = 4, context_slices: int = 3, smoothing: bool = False,
+def make_plan(fp: dict, target_spacing=None, preset: str = DEFAULT_PRESET,
+              patch=DEFAULT_PATCH_SIZE, batch_size: int = DEFAULT_BATCH_SIZE, context_slices: int = 3, smoothing: bool = False,
               sam: str | None = None, sam_checkpoint=None,
               sam_options: dict | None = None, checkpoint_checked: bool = False) -> Plan:
     """The plan from a fingerprint (see the module docstring for each default).
@@ -223,8 +224,8 @@ def _checked_sam_checkpoint(config, path, load: bool = True) -> str | None:
     return str(Path(path).resolve())
 
 
-def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),
-             batch_size=4, progress=True, smoothing=False, sam=None, sam_checkpoint=None,
+def run_plan(dataset, output, target_spacing=None, preset=DEFAULT_PRESET,
+             patch=DEFAULT_PATCH_SIZE, batch_size=DEFAULT_BATCH_SIZE, progress=True, smoothing=False, sam=None, sam_checkpoint=None,
              sam_options=None) -> Plan:
     # a checkpoint that does not fit is refused before the dataset is read (the CT window,
     # which only the dataset gives, does not change the encoder)
