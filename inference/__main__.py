@@ -18,6 +18,7 @@ log = logging.getLogger("inference")
 
 def parse_args(argv=None) -> argparse.Namespace:
     from inference.budget import DEFAULT_GPU_MEMORY_MB
+    from inference.devices import BACKENDS
 
     p = argparse.ArgumentParser(
         prog="python -m inference",
@@ -30,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weights folder (plans.json, model files, SHA256SUMS); "
                         "default: the weights shipped with the package")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: torch on a GPU, onnxruntime on the CPU")
     p.add_argument("--gpu-memory-mb", type=float, default=DEFAULT_GPU_MEMORY_MB,
                    help="whole-GPU memory budget in MB, CUDA context included "
@@ -144,7 +145,7 @@ def _work(args, cases: list, report) -> int:
                  len(cases))
     first_read = read_ahead(todo[0][1]) if todo else None
 
-    from inference.backends import DeviceError
+    from inference.devices import DeviceError
     from inference.plans import PlanError
     from inference.predictor import Predictor
     from inference.weights import WeightsError
@@ -237,7 +238,7 @@ def _escape_controls(record: logging.LogRecord) -> bool:
 
 def _uses_torch(args) -> bool:
     """Whether the predictor will build the torch backend (as ``choose_backend`` decides)."""
-    from inference.backends import gpu_count, torch_installed
+    from inference.devices import gpu_count, torch_installed
 
     if args.backend != "auto":
         return args.backend == "torch" and torch_installed()

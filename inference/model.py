@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.network_config import (DEFAULT_PRESET, PRESETS, ModelConfigError,  # noqa: F401
-                                      NetworkConfig, get_config)
+from inference.network_config import (DEFAULT_PRESET, DYNAMIC_FORMS, PRESETS,  # noqa: F401
+                                      ModelConfigError, NetworkConfig, get_config)
 from inference.sam_encoders import SamBranch
-
-DYNAMIC_FORMS = ("grouped", "branches")
 
 
 class DynamicConv2d(nn.Module):

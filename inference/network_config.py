@@ -15,6 +15,9 @@ class ModelConfigError(ValueError):
 
 DEFAULT_PRESET = "fast"  # the container's network, and a new plan's (PRESETS below)
 DEFAULT_PATCH_SIZE = (192, 192)  # the paper's in-plane patch (y, x)
+# The dynamic convolution's two exact forms (``inference.model.DynamicConv2d``): the batch
+# folded into a grouped convolution, or K convolutions mixed per sample.
+DYNAMIC_FORMS = ("grouped", "branches")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from inference.network_config import DEFAULT_PATCH_SIZE, DEFAULT_PRESET, PRESETS
+from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, PRESETS, SAM_INPUTS,
+                                      SAM_KINDS, SAM_NORMALIZATIONS, SAM_RESIZES)
 from inference.plans import DEFAULT_BATCH_SIZE
+from training.settings import (ADAMS, AMP_MODES, AUGMENTATION_NAMES, CHECKPOINTS,
+                               COMPILE_MODES, DEEP_SUPERVISION, DICE_MODES, DYNAMIC_FORM_CHOICES,
+                               LESION_SAMPLING, PARTIAL_MODES, STEP_LOSS_KERNELS)
 
 log = logging.getLogger("training")
 
@@ -48,20 +52,20 @@ def _add_plan(sub) -> None:
     p.add_argument("--smoothing", action="store_true",
                    help="box-average over the downsampling factor before resampling "
                         "(anti-aliasing: less noise at network resolution)")
-    p.add_argument("--sam", choices=("vit", "mobile_sam", "sam_vit_b", "none"), default=None,
+    p.add_argument("--sam", choices=(*SAM_KINDS, "none"), default=None,
                    help="SAM branch: vit (trained from scratch, the preset's; the paper's "
                         "entry), mobile_sam (MobileSAM's TinyViT, as nnSAM) or sam_vit_b "
                         "(segment-anything's ViT-B), both pretrained and frozen and needing "
                         "--sam-checkpoint, or none")
     p.add_argument("--sam-checkpoint", type=Path, default=None, metavar="FILE",
                    help="pretrained SAM weights (a segment-anything or MobileSAM checkpoint)")
-    p.add_argument("--sam-input", choices=("slices", "centre"), default=None,
+    p.add_argument("--sam-input", choices=SAM_INPUTS, default=None,
                    help="what the encoder sees: the context slices as its 3 channels, or the "
                         "centre slice repeated (default: slices for vit, centre for the "
                         "pretrained kinds, as nnSAM)")
-    p.add_argument("--sam-resize", choices=("bilinear", "bicubic"), default=None,
+    p.add_argument("--sam-resize", choices=SAM_RESIZES, default=None,
                    help="resize to the encoder's image size and back (default bilinear)")
-    p.add_argument("--sam-normalization", choices=("none", "sam"), default=None,
+    p.add_argument("--sam-normalization", choices=SAM_NORMALIZATIONS, default=None,
                    help="none: the z-scored input as it is (default, as nnSAM); sam: the "
                         "plan's CT window onto 0..255 and SAM's pixel mean and std")
     _common(p)
@@ -111,15 +115,15 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--partial-mode", choices=("ignore", "plain"), default="ignore",
+    p.add_argument("--partial-mode", choices=PARTIAL_MODES, default="ignore",
                    help="partially labelled cases: ignore far lesion-like background "
                         "(default) or the paper's plain loss")
     p.add_argument("--partial-margin", type=int, default=8, metavar="VOXELS")
-    p.add_argument("--dice", choices=("batch", "sample"), default="batch",
+    p.add_argument("--dice", choices=DICE_MODES, default="batch",
                    help="Dice term: batch (default): one Dice over the batch (nnU-Net's 2D "
                         "default); sample: the mean Dice of the samples holding lesion voxels, "
                         "so small lesions weigh as much as large ones")
-    p.add_argument("--deep-supervision", choices=("halving", "nnunet"), default="halving",
+    p.add_argument("--deep-supervision", choices=DEEP_SUPERVISION, default="halving",
                    help="loss weights of the outputs: halving per level (default), or nnunet: "
                         "the same with the coarsest output left out")
     p.add_argument("--num-workers", type=int, default=None, metavar="N",
@@ -127,22 +131,21 @@ def _add_train(sub) -> None:
                         "on the CPU; on CUDA one fewer than the cores per process, at most 8)")
     p.add_argument("--oversample", type=float, default=1 / 3,
                    help="fraction of samples centred on a lesion (default 1/3)")
-    p.add_argument("--lesion-sampling", choices=("voxel", "lesion"), default="voxel",
+    p.add_argument("--lesion-sampling", choices=LESION_SAMPLING, default="voxel",
                    help="how a lesion-centred sample picks its voxel: voxel: uniformly over "
                         "the case's lesion voxels (nnU-Net; large lesions dominate); lesion: "
                         "a lesion (connected component) first, uniformly, then a voxel in it")
     p.add_argument("--anneal-epochs", type=int, default=10,
                    help="epochs of the 30 -> 1 temperature annealing (default 10)")
-    p.add_argument("--dynamic-form", choices=("auto", "grouped", "branches"), default="auto",
+    p.add_argument("--dynamic-form", choices=DYNAMIC_FORM_CHOICES, default="auto",
                    help="dynamic-convolution form, same function either way (auto: grouped)")
-    p.add_argument("--amp", choices=("auto", "on", "off", "bf16"), default="auto",
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="mixed precision: fp16 on CUDA, bf16 on the CPU; auto (default): on "
                         "CUDA only (bf16 on the CPU gave faster steps, no better weights); "
                         "bf16: bf16 on either (no loss scaling, so --cuda-graph can capture "
                         "the step)")
     _add_step_levers(p)
-    p.add_argument("--augmentation", choices=("nnunet", "light", "none"),
-                   default="nnunet",
+    p.add_argument("--augmentation", choices=AUGMENTATION_NAMES, default="nnunet",
                    help="nnunet: nnU-Net's 2D ranges (rotation to 180 degrees, scaling "
                         "0.7-1.4); light: CT-sized ranges for short runs (rotation 15 "
                         "degrees, scaling 0.85-1.25, milder intensity); none")
@@ -163,18 +166,16 @@ def _add_train(sub) -> None:
 
 def _add_step_levers(p) -> None:
     """What keeps a GPU busy (training.step); each is off on the CPU by default."""
-    p.add_argument("--compile", default="off",
-                   choices=("off", "default", "reduce-overhead", "max-autotune",
-                            "max-autotune-no-cudagraphs"),
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="torch.compile forward + loss (and so its backward) in this mode; "
                         "reduce-overhead replays them as CUDA graphs (default off)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="CUDA, one process: capture forward, loss, backward and optimiser as "
                         "one CUDA graph and replay it each step (needs --amp bf16 or off)")
-    p.add_argument("--adam", choices=("auto", "default", "foreach", "fused"), default="auto",
+    p.add_argument("--adam", choices=ADAMS, default="auto",
                    help="Adam's implementation: torch's default (foreach on CUDA, a loop on the "
                         "CPU), foreach, or fused (one kernel); auto: fused on CUDA")
-    p.add_argument("--loss-kernels", choices=("auto", "per-level", "batched"), default="auto",
+    p.add_argument("--loss-kernels", choices=STEP_LOSS_KERNELS, default="auto",
                    help="the deep-supervision loss level by level, or all levels in one pass "
                         "(the same value, fewer kernels); auto: batched on CUDA")
 
@@ -183,7 +184,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="run -> weights folder (+ torch/onnx parity check)")
     p.add_argument("-r", "--run", required=True, metavar="RUN_DIR")
     p.add_argument("-o", "--output", required=True, metavar="WEIGHTS_DIR")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--onnx-batch", type=int, default=8)
     _common(p)
 
