@@ -11,15 +11,12 @@ name in the format its suffix names. Not imported by the challenge's command.
 from __future__ import annotations
 
 import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from inference import nifti
-from inference.folders import NIFTI_SUFFIX, InputError
+from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary
 
 NIFTI_SUFFIXES = (NIFTI_SUFFIX, ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -122,20 +119,7 @@ def write_mask(mask_zyx: np.ndarray, grid: nifti.Grid, path: str | os.PathLike) 
     if not path.name.endswith((".nii", ".nrrd", ".mha")):
         raise ValueError(f"mask name must end with .nii.gz, .nii, .nrrd or .mha: {path}")
     image = grid_image(np.asarray(mask_zyx, np.uint8), grid)
-    with atomic_path(path) as temporary:
+    with atomic_temporary(path, keep_suffix=True) as temporary:
         nifti.simpleitk().WriteImage(image, str(temporary), useCompression=True)
     return path
 
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A hidden temporary beside ``path`` with the same suffix (writers choose their format
-    by it), moved onto ``path`` when the block ends without an error, removed otherwise."""
-    path = Path(path)
-    temporary = path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

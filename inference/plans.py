@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from inference.folders import write_text_atomically
 from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
                                       NetworkConfig, config_from_dict, config_to_dict,
                                       get_config)
@@ -190,11 +191,8 @@ class Plan:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.validate(str(path)).to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        text = json.dumps(self.validate(str(path)).to_dict(), indent=2) + "\n"
+        return write_text_atomically(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -308,9 +308,9 @@ def _check_installed(module: str, option: str, extra: str) -> None:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    from inference.formats import atomic_path
+    from inference.folders import atomic_temporary
 
-    with atomic_path(path) as temporary:
+    with atomic_temporary(path, keep_suffix=True) as temporary:
         temporary.write_text(json.dumps(content, indent=2) + "\n")
 
 

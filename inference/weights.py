@@ -17,6 +17,7 @@ import json
 import re
 from pathlib import Path
 
+from inference.folders import atomic_temporary, write_text_atomically
 from inference.plans import Plan
 
 PLANS, TORCH_MODEL, ONNX_MODEL, MODEL_INFO, SUMS = (
@@ -99,14 +100,13 @@ def write_weights(folder: str | Path, model, plan: Plan, onnx_batch: int = DEFAU
     folder.mkdir(parents=True, exist_ok=True)
     plan.save(folder / PLANS)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = folder / f".{TORCH_MODEL}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(folder / TORCH_MODEL)
+    with atomic_temporary(folder / TORCH_MODEL) as temporary:
+        torch.save(state, temporary)
     export_onnx(model, folder / ONNX_MODEL, batch_size=onnx_batch, form="grouped",
                 output="probability")
     meta = {"preset": plan.preset, "onnx_batch": onnx_batch, "onnx_form": "grouped",
             "onnx_output": "lesion probability (batch, y, x)", **(info or {})}
-    (folder / MODEL_INFO).write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomically(folder / MODEL_INFO, json.dumps(meta, indent=2) + "\n")
     names = [PLANS, TORCH_MODEL, ONNX_MODEL, MODEL_INFO]
     (folder / SUMS).write_text("".join(f"{sha256(folder / n)}  {n}\n" for n in names))
     return folder

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from inference.folders import write_text_atomically
 from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
                                       get_config, with_sam)
 from inference.plans import DEFAULT_BATCH_SIZE, Normalization, Plan, PostProcessing
@@ -237,10 +238,7 @@ def run_plan(dataset, output, target_spacing=None, preset=DEFAULT_PRESET,
                      checkpoint_checked=True)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fp_path = output.parent / FINGERPRINT
-    tmp = fp_path.with_name(f".{fp_path.name}.tmp")
-    tmp.write_text(json.dumps(fp, indent=1) + "\n")
-    tmp.replace(fp_path)
+    write_text_atomically(output.parent / FINGERPRINT, json.dumps(fp, indent=1) + "\n")
     plan.save(output)
     n = plan.normalization
     log.info("%d cases (%d lesion-free, %d partial); median spacing %s mm",

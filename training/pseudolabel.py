@@ -78,9 +78,7 @@ def run_pseudolabel(args) -> dict:
             f"(min confidence {args.min_confidence}) from {Path(args.input).name}",
             "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz",
             "numTraining": len(records), "training": records, "counts": counts}
-    tmp = out / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(out / "dataset.json")
+    folders.write_text_atomically(out / "dataset.json", json.dumps(meta, indent=1) + "\n")
     print(f"{counts['lesion']} with confident lesions, {counts['healthy']} kept as healthy, "
           f"{counts['dropped']} dropped, {counts['unreadable']} unreadable -> {out}")
     return counts

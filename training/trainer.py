@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from inference.folders import atomic_temporary
 from inference.model import NnSam, count_parameters
 from inference.sam_encoders import load_sam_checkpoint
 from inference.plans import Plan
@@ -154,9 +155,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_temporary(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def _setup_distributed(device_arg: str):
