@@ -153,7 +153,8 @@ PRESETS: dict[str, NetworkConfig] = {
         sam_heads=8, sam_window_size=0,
     ),
     # The container default: same architecture, narrower and shallower SAM branch,
-    # sized for tiles per second on a GPU under 4 GB (benchmark/results/README.md has the measurements).
+    # sized for tiles per second on a GPU under 4 GB (benchmark/results/README.md has the
+    # measurements).
     "fast": NetworkConfig(
         base_features=16, max_features=256, n_stages=6,
         sam_image_size=128, sam_patch_size=16, sam_embed_dim=192, sam_depth=2,

@@ -141,7 +141,8 @@ def summarise(cases: list[dict]) -> dict:
 
 
 def make_plan(fp: dict, target_spacing=None, preset: str = DEFAULT_PRESET,
-              patch=DEFAULT_PATCH_SIZE, batch_size: int = DEFAULT_BATCH_SIZE, context_slices: int = 3, smoothing: bool = False,
+              patch=DEFAULT_PATCH_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
+              context_slices: int = 3, smoothing: bool = False,
               sam: str | None = None, sam_checkpoint=None,
               sam_options: dict | None = None, checkpoint_checked: bool = False) -> Plan:
     """The plan from a fingerprint (see the module docstring for each default).
@@ -226,7 +227,8 @@ def _checked_sam_checkpoint(config, path, load: bool = True) -> str | None:
 
 
 def run_plan(dataset, output, target_spacing=None, preset=DEFAULT_PRESET,
-             patch=DEFAULT_PATCH_SIZE, batch_size=DEFAULT_BATCH_SIZE, progress=True, smoothing=False, sam=None, sam_checkpoint=None,
+             patch=DEFAULT_PATCH_SIZE, batch_size=DEFAULT_BATCH_SIZE, progress=True,
+             smoothing=False, sam=None, sam_checkpoint=None,
              sam_options=None) -> Plan:
     # a checkpoint that does not fit is refused before the dataset is read (the CT window,
     # which only the dataset gives, does not change the encoder)
