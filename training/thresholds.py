@@ -8,7 +8,7 @@ is applied with the container's own ``inference.pipeline.mask_on_input`` (compon
 network resolution, restored onto the input grid) and scored against the label with the
 FLARE rules (``evaluation.metrics.score_case``; lesion-free cases score 1/1 only when
 empty). The triple with the best mean of DSC and NSD is written into the weights'
-plans.json (and SHA256SUMS); ties go to the middle of the tied triples.
+plans.json (signed again in SHA256SUMS); ties go to the middle of the tied triples.
 
 The decision threshold is searched because 0.5 is not the best cut after linear
 upsampling: a lesion a few coarse voxels wide, whose voxels hold partly lesion, shrinks
@@ -39,7 +39,7 @@ from evaluation.metrics import score_case
 from inference.pipeline import mask_on_input
 from inference.plans import PostProcessing
 from inference.preprocess import Prepared
-from inference.weights import PLANS, SUMS, load_plan, read_sums, sha256
+from inference.weights import PLANS, load_plan, save_plan
 from training.dataset import CaseError, list_dataset, read_case
 from training.trainer import SPLIT, TrainingError
 
@@ -153,7 +153,7 @@ def choose_step(best_by_step: dict[float, dict], tolerance: float = STEP_TOLERAN
 
 def write_postprocessing(weights_dir: Path, min_volume: float, min_confidence: float,
                          threshold: float | None = None, tile_step: float | None = None) -> None:
-    """Update plans.json's post-processing (and tile step) and its line in SHA256SUMS."""
+    """Update plans.json's post-processing (and tile step), signed (``save_plan``)."""
     plan = load_plan(weights_dir)
     if threshold is not None:
         plan.postprocessing.threshold = float(threshold)
@@ -161,12 +161,7 @@ def write_postprocessing(weights_dir: Path, min_volume: float, min_confidence: f
         plan.tile_step = float(tile_step)
     plan.postprocessing.min_volume_mm3 = float(min_volume)
     plan.postprocessing.min_confidence = float(min_confidence)
-    plan.save(weights_dir / PLANS)
-    sums = read_sums(weights_dir)
-    sums[PLANS] = sha256(weights_dir / PLANS)
-    tmp = weights_dir / f".{SUMS}.tmp"
-    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
-    tmp.replace(weights_dir / SUMS)
+    save_plan(weights_dir, plan)
 
 
 def run_thresholds(args) -> dict:
