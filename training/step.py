@@ -30,28 +30,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
 from inference.preprocess import pad_value
 from training.augment import augment
 from training.loss import DeepSupervisionLoss
-from training.settings import ADAMS, COMPILE_MODES, STEP_LOSS_KERNELS
+from training.settings import ADAMS, COMPILE_MODES, STEP_LOSS_KERNELS, StepOptions
 
 log = logging.getLogger(__name__)
 GRAD_CLIP = 12.0  # gradient-norm clip of every step (nnU-Net's)
 GRAPH_WARMUP = 3  # eager steps before the capture: lazy initialisation, optimiser state
-
-
-@dataclass(frozen=True)
-class StepOptions:
-    """How a step runs; ``auto`` values depend on the device (see the module)."""
-
-    compile: str = "off"
-    cuda_graph: bool = False
-    adam: str = "auto"
-    loss_kernels: str = "auto"
 
 
 def resolve_options(options: StepOptions, device: torch.device, precision,

@@ -196,7 +196,7 @@ def run_thresholds(args) -> dict:
         tables[step], best_by_step[step] = grid_search(
             predictions[step], args.decision_thresholds or DECISION_THRESHOLDS,
             args.volumes or VOLUMES_MM3, args.confidences or CONFIDENCES,
-            getattr(args, "workers", 1))
+            args.workers)
     step = choose_step(best_by_step)
     best = dict(best_by_step[step], tile_step=step)
     for each, rows in tables.items():

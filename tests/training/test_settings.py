@@ -34,3 +34,32 @@ def test_the_choices_are_the_ones_the_modules_check():
                 DeepSupervisionLoss(partial_mode=partial, dice=dice, kernels=kernels)
     with pytest.raises(ValueError, match="dice must be one of"):
         DeepSupervisionLoss(dice="voxel")
+
+
+def test_the_command_line_builds_the_settings_once_with_the_settings_defaults():
+    from training.__main__ import parser
+    from training.settings import StepOptions, TrainSettings
+
+    args = parser().parse_args(["train", "-p", "plans.json", "-c", "cache", "-o", "run"])
+    settings = TrainSettings.from_args(args)
+    assert settings == TrainSettings(Path("plans.json"), Path("cache"), Path("run"))
+    argv = ["train", "-p", "p", "-c", "c", "-o", "o", "--no-augment", "--val-cases", "a", "b",
+            "--adam", "fused", "--disable-progress-bar", "--init-weights", "w.pt"]
+    settings = TrainSettings.from_args(parser().parse_args(argv))
+    assert settings.augmentation == "none" and settings.val_cases == ("a", "b")
+    assert settings.step == StepOptions(adam="fused") and not settings.show_progress
+    assert settings.init_weights == Path("w.pt")
+
+
+def test_settings_made_in_code_are_checked_in_one_line():
+    import dataclasses
+
+    import pytest
+
+    from training.settings import TrainSettings
+
+    settings = TrainSettings(Path("p"), Path("c"), Path("o"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.epochs = 3
+    with pytest.raises(ValueError, match="dice must be one of batch, sample, got 'voxel'"):
+        TrainSettings(Path("p"), Path("c"), Path("o"), dice="voxel")
