@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.reporting import mean_scores
+
 log = logging.getLogger(__name__)
 
 # A short run of a small network on realistic 512x512 slices with few of them; the spacing
@@ -144,15 +146,12 @@ def summarise_scores(scores_csv: Path, dataset: Path) -> dict:
         rows = list(csv.DictReader(f))
     lesion = [r for r in rows if r["case"] not in lesion_free]
     healthy = [r for r in rows if r["case"] in lesion_free]
-
-    def mean(rs, k):
-        return sum(float(r[k]) for r in rs) / len(rs) if rs else float("nan")
-
+    lesion_means, all_means = mean_scores(lesion), mean_scores(rows)
     return {
         "n_cases": len(rows), "n_lesion_cases": len(lesion), "n_healthy": len(healthy),
-        "lesion_dsc": mean(lesion, "dsc"), "lesion_nsd": mean(lesion, "nsd"),
+        "lesion_dsc": lesion_means["dsc"], "lesion_nsd": lesion_means["nsd"],
         # a healthy case scores 1/1 exactly when the prediction is empty
         "healthy_empty_fraction": (sum(float(r["dsc"]) == 1.0 for r in healthy) / len(healthy)
                                    if healthy else float("nan")),
-        "all_dsc": mean(rows, "dsc"), "all_nsd": mean(rows, "nsd"),
+        "all_dsc": all_means["dsc"], "all_nsd": all_means["nsd"],
     }

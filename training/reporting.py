@@ -1,4 +1,5 @@
-"""What a training run leaves for people: a log file, a CSV of metrics per epoch, a PNG."""
+"""What a training run leaves for people: a log file, a CSV of metrics per epoch, a PNG,
+and the mean scores every summary of cases reports."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import csv
 import logging
 import math
 from pathlib import Path
+
+import numpy as np
 
 from inference.folders import atomic_temporary
 
@@ -25,6 +28,13 @@ def add_log_file(path: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     return handler
+
+
+def mean_scores(rows: list[dict], keys=("dsc", "nsd")) -> dict[str, float]:
+    """The mean of each of ``keys`` over the per-case ``rows`` (numbers or their text, as a
+    CSV gives them); NaN where there is no row."""
+    return {key: float(np.mean([float(row[key]) for row in rows])) if rows else math.nan
+            for key in keys}
 
 
 def write_csv(path: Path, history: list[dict]) -> None:

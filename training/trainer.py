@@ -51,7 +51,7 @@ from training.sampling import (DATA_WAIT_S, BatchStream, PatchSampler, batch_loa
                                data_workers, load_cases, next_batch)
 from training.settings import StepOptions, TrainSettings
 from training.step import prepare_step, set_lr, set_up_step, train_step
-from training.validation import validate
+from training.validation import validate, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -526,8 +526,4 @@ def validate_shared(network, cases: list, plan: Plan, device, rank: int = 0,
     dist.all_gather_object(parts, metrics.get("cases", []))
     order = {c.case: i for i, c in enumerate(cases)}
     rows = sorted((row for part in parts for row in part), key=lambda row: order[row["case"]])
-    if not rows:
-        return {"val_dsc": math.nan, "val_nsd": math.nan, "val_score": math.nan}
-    dsc = float(np.mean([row["dsc"] for row in rows]))
-    nsd = float(np.mean([row["nsd"] for row in rows]))
-    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
+    return validation_metrics(rows)

@@ -16,6 +16,7 @@ import torch
 from evaluation.metrics import score_case
 from inference.pipeline import decide, module_predictor, network_probability
 from inference.plans import Plan
+from training.reporting import mean_scores
 
 
 def predict_cached(network, image: np.ndarray, plan: Plan, device, batch_size: int = 16,
@@ -42,8 +43,13 @@ def validate(network, cases, plan: Plan, device, tile_step: float | None = None)
         rows.append({"case": case.case, "dsc": dsc, "nsd": nsd,
                      "lesion": bool(np.asarray(case.label).any())})
     network.train(was_training)
-    if not rows:
-        return {"val_dsc": float("nan"), "val_nsd": float("nan"), "val_score": float("nan")}
-    dsc = float(np.mean([r["dsc"] for r in rows]))
-    nsd = float(np.mean([r["nsd"] for r in rows]))
-    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
+    return validation_metrics(rows)
+
+
+def validation_metrics(rows: list[dict]) -> dict:
+    """Mean DSC, NSD and their mean, the FLARE score, over per-case rows, with the rows;
+    NaN without a row."""
+    means = mean_scores(rows)
+    dsc, nsd = means["dsc"], means["nsd"]
+    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2,
+            **({"cases": rows} if rows else {})}
