@@ -18,7 +18,8 @@ import numpy as np
 from inference.arrays import array_ops
 from inference.plans import Plan, PostProcessing
 from inference.postprocess import remove_components
-from inference.preprocess import Prepared, body_mask, pad_value, restore
+from inference.preprocess import Prepared, body_mask, pad_value
+from inference.restore import restore
 from inference.sliding_window import sliding_window
 
 

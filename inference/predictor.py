@@ -30,9 +30,9 @@ from inference.budget import (DEFAULT_GPU_MEMORY_MB, allocator_bytes, blending, 
 from inference.devices import choose_backend, resolve_device
 from inference.pipeline import decide, network_probability
 from inference.plans import Plan
-from inference.preprocess import (PREPROCESS_SLAB, Prepared, preprocess, restore,
-                                  restore_probability)
+from inference.preprocess import PREPROCESS_SLAB, Prepared, preprocess
 from inference.reading import FirstRead, cases_to_do, timed_read
+from inference.restore import restore, restore_probability
 from inference.weights import load_plan
 
 log = logging.getLogger(__name__)
