@@ -17,7 +17,7 @@ from inference.budget import more_than_memory
 from inference.folders import InputError
 from inference.geometry import Reorientation, body_box
 from inference.plans import Plan
-from inference.resample import resize_linear
+from inference.resample import resize_linear, resize_plane
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _resize_in_slabs(crop: np.ndarray, shape, widths, to_device, slab: int = PRE
         if widths:
             part = box_smooth(part, (1, widths[1], widths[2]))
         if tuple(part.shape[1:]) != tuple(shape[1:]):
-            part = ops.resize_plane(part, shape[1:])
+            part = resize_plane(part, shape[1:])
         parts.append(part)
     a = ops.concat(parts)
     del parts
