@@ -486,7 +486,7 @@ def _itk_grid(path: Path) -> tuple[tuple, tuple, tuple, tuple]:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(f"{path}: cannot be read as NIfTI ({_itk_reason(error)})") from None
+        raise InputError(f"{path}: cannot be read as NIfTI ({itk_reason(error)})") from None
     return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
 
 

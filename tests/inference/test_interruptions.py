@@ -279,3 +279,16 @@ def test_any_file_appears_whole_or_not_at_all(tmp_path, name, keep_suffix, ends)
     assert sorted(p.name for p in target.parent.iterdir()) == [name]
     write_text_atomically(target, "new")
     assert target.read_text() == "new" and len(list(target.parent.iterdir())) == 1
+
+
+def test_continue_beside_an_input_itk_cannot_read_says_so_and_goes_on(tmp_path, tiny_weights):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_phantom_case(inputs, "good", 1)
+    write_phantom_case(inputs, "broken", 2)
+    assert run_cli(inputs, out, tiny_weights, "--device", "cpu").returncode == 0
+    (inputs / "broken_0000.nii.gz").write_bytes(b"")  # its mask is there, its input is not
+    again = run_cli(inputs, out, tiny_weights, "--device", "cpu", "--continue")
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    said = [line for line in again.stderr.splitlines() if "predicting broken again" in line]
+    assert len(said) == 1 and "broken_0000.nii.gz" in said[0], again.stderr
+    assert "the file is empty" in again.stderr  # the read of the case says why, in one line
