@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import nifti
+from inference import nifti, nifti_writer
 from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary
 from inference.itk_images import grid_image, volume_from_image
 
@@ -74,7 +74,7 @@ def write_mask(mask_zyx: np.ndarray, grid: nifti.Grid, path: str | os.PathLike) 
     """
     path = Path(path)
     if path.name.endswith(NIFTI_SUFFIX):
-        return nifti.write_mask(mask_zyx, grid, path)
+        return nifti_writer.write_mask(mask_zyx, grid, path)
     if not path.name.endswith((".nii", ".nrrd", ".mha")):
         raise ValueError(f"mask name must end with .nii.gz, .nii, .nrrd or .mha: {path}")
     image = grid_image(np.asarray(mask_zyx, np.uint8), grid)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import nifti
+from inference import nifti, nifti_header, nifti_writer
 from inference.backends import DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, cpu_fallback_backend
 from inference.budget import (DEFAULT_GPU_MEMORY_MB, allocator_bytes, blending, host_memory,
                               host_memory_limit_mb, may_read_ahead, memory_fraction,
@@ -271,8 +271,8 @@ class Predictor:
         """Read the next case during this one unless that could pass the memory limit."""
         if self.memory_limit_mb is None:
             return True
-        ahead = may_read_ahead(self.memory_limit_mb, nifti.voxel_bytes(current) or 0,
-                               nifti.voxel_bytes(following))
+        ahead = may_read_ahead(self.memory_limit_mb, nifti_header.voxel_bytes(current) or 0,
+                               nifti_header.voxel_bytes(following))
         if not ahead:
             log.info("%s: read after the case before it, not during it: both at once could "
                      "pass the memory limit of %.0f MB", Path(following).name,
@@ -342,11 +342,11 @@ def _lap(start: float) -> float:
 
 def _timed_write(mask, probability, grid, output_dir: Path, case: str) -> float:
     t = time.perf_counter()
-    nifti.write_mask(mask, grid, output_dir / f"{case}.nii.gz")
+    nifti_writer.write_mask(mask, grid, output_dir / f"{case}.nii.gz")
     if probability is not None:
         (output_dir / "probabilities").mkdir(exist_ok=True)
-        nifti.write_probabilities(probability, grid,
-                                  output_dir / "probabilities" / f"{case}.nii.gz")
+        nifti_writer.write_probabilities(probability, grid,
+                                         output_dir / "probabilities" / f"{case}.nii.gz")
     return _lap(t)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import folders, nifti
+from inference import folders, nifti, nifti_writer
 from inference.postprocess import remove_components
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def run_pseudolabel(args) -> dict:
                      float(result.probability.max()))
             continue
         shutil.copyfile(path, out / "imagesTr" / path.name)
-        nifti.write_mask(label, volume, out / "labelsTr" / f"{case}.nii.gz")
+        nifti_writer.write_mask(label, volume, out / "labelsTr" / f"{case}.nii.gz")
         records.append({"id": case, "image": f"imagesTr/{path.name}",
                         "label": f"labelsTr/{case}.nii.gz", "pseudo_label": True,
                         "healthy": kind == "healthy", "partial": kind == "lesion",
