@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from benchmark.machine import cpu_model, results_dir
-from inference.model import (LesionProbability, build_model, count_flops, count_parameters,
-                             tile_activation_bytes)
+from benchmark.network.presets import count_flops
+from inference.model import LesionProbability, build_model, count_parameters, tile_activation_bytes
 from inference.onnx_export import export_onnx
 
 RESULTS = results_dir("network")
