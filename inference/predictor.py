@@ -170,7 +170,7 @@ class Predictor:
             reason = _first_sentences(error)
         else:
             key = TIMED_AS.get(stage, stage)
-            timings[key] = timings.get(key, 0.0) + _lap(start)
+            timings[key] = timings.get(key, 0.0) + _seconds_since(start)
             return out
         raise OutOfDeviceMemory(stage, reason)
 
@@ -336,7 +336,8 @@ def _first_sentences(error: Exception, n: int = 2) -> str:
     return ". ".join(line.split(". ")[:n])[:160]
 
 
-def _lap(start: float) -> float:
+def _seconds_since(start: float) -> float:
+    """Seconds since ``start``, a ``time.perf_counter()`` reading."""
     return time.perf_counter() - start
 
 
@@ -347,7 +348,7 @@ def _timed_write(mask, probability, grid, output_dir: Path, case: str) -> float:
         (output_dir / "probabilities").mkdir(exist_ok=True)
         nifti_writer.write_probabilities(probability, grid,
                                          output_dir / "probabilities" / f"{case}.nii.gz")
-    return _lap(t)
+    return _seconds_since(t)
 
 
 def _format_timings(result: CaseResult) -> str:

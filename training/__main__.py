@@ -24,7 +24,8 @@ from training.settings import (ADAMS, AMP_MODES, AUGMENTATION_NAMES, CHECKPOINTS
 log = logging.getLogger("training")
 
 
-def _common(p):
+def _add_output_options(p) -> None:
+    """What every stage prints: --quiet and --disable-progress-bar."""
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--disable-progress-bar", action="store_true")
 
@@ -70,7 +71,7 @@ def _add_plan(sub) -> None:
     p.add_argument("--sam-normalization", choices=SAM_NORMALIZATIONS, default=None,
                    help="none: the z-scored input as it is (default, as nnSAM); sam: the "
                         "plan's CT window onto 0..255 and SAM's pixel mean and std")
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_ceiling(sub) -> None:
@@ -88,7 +89,7 @@ def _add_ceiling(sub) -> None:
                    help="minimum mean probability of a component (default 0: a lesion "
                         "fraction is no confidence, and the plan's would drop small lesions)")
     p.add_argument("--csv", metavar="FILE", help="per-case scores")
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_preprocess(sub) -> None:
@@ -97,7 +98,7 @@ def _add_preprocess(sub) -> None:
     p.add_argument("-p", "--plans", required=True)
     p.add_argument("-o", "--output", required=True, metavar="CACHE")
     p.add_argument("--workers", type=int, default=1)
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_train(sub) -> None:
@@ -165,7 +166,7 @@ def _add_train(sub) -> None:
                    help="training time budget, counted across --resume: the learning "
                         "rate anneals over it (or over --epochs where those end first) and "
                         "training stops after the epoch that passes it (0: none)")
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_step_levers(p) -> None:
@@ -191,7 +192,7 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="WEIGHTS_DIR")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--onnx-batch", type=int, default=DEFAULT_ONNX_BATCH)
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_thresholds(sub) -> None:
@@ -211,7 +212,7 @@ def _add_thresholds(sub) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes scoring the cases (the grid, not the prediction)")
     p.add_argument("--dry-run", action="store_true", help="print the table, keep the plan")
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_pseudolabel(sub) -> None:
@@ -222,7 +223,7 @@ def _add_pseudolabel(sub) -> None:
     p.add_argument("--min-confidence", type=float, default=0.9)
     p.add_argument("--healthy-max-probability", type=float, default=0.3)
     p.add_argument("--device", default="cpu")
-    _common(p)
+    _add_output_options(p)
 
 
 def _add_demo(sub) -> None:
@@ -232,7 +233,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--weights", default="weights", metavar="WEIGHTS_DIR")
     p.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
-    _common(p)
+    _add_output_options(p)
 
 
 def main(argv=None, prog: str = "python -m training") -> int:
