@@ -119,7 +119,7 @@ def inference_modules_imported_by(module: str) -> set[str]:
 # What flare-nnsam predict and the Python API add to the runtime.
 SCAN_MODULES = {"inference.scans", "inference.api", "inference.formats", "inference.dicom",
                 "inference.lesions", "inference.recist", "inference.preview",
-                "inference.dicom_seg"}
+                "inference.dicom_seg", "inference.itk_images"}
 
 
 def test_the_challenge_command_never_imports_the_scan_commands_modules():
