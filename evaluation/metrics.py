@@ -28,11 +28,11 @@ that the organisers' evaluation script uses (``compute_surface_distances`` +
 
 Agreement with the official evaluation: during development the derived surfel-area
 table was compared with the published lookup table for all 256 codes at unit spacing
-and 200 random anisotropic spacings and agreed to 1e-14, and whole NSDs on random masks
-(scored by the published algorithm on x,y,z-ordered arrays) agreed to 1e-15. The table
+and random anisotropic spacings and agreed to floating-point rounding, and so did whole
+NSDs on random masks (scored by the published algorithm on x,y,z-ordered arrays). The table
 is invariant to permuting the axes, so scoring z,y,x arrays with z,y,x spacing gives the
 same result as the organisers' x,y,z (nibabel) arrays with x,y,z spacing. Remaining differences are
-float summation order (~1e-15) and these input conventions, which only matter for
+the order of float summation and these input conventions, which only matter for
 labels outside the contract: foreground is ``gt > 0`` and ``pred > 0``, and
 ``score_case`` fails a prediction holding any value > 1 or < 0 on the raw array,
 whereas the organisers cast both arrays to uint8 first (where -1 wraps to 255 and also

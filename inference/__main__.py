@@ -18,6 +18,7 @@ log = logging.getLogger("inference")
 
 def parse_args(argv=None) -> argparse.Namespace:
     from inference.budget import DEFAULT_GPU_MEMORY_MB
+    from inference.devices import BACKENDS
 
     p = argparse.ArgumentParser(
         prog="python -m inference",
@@ -30,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weights folder (plans.json, model files, SHA256SUMS); "
                         "default: the weights shipped with the package")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: torch on a GPU, onnxruntime on the CPU")
     p.add_argument("--gpu-memory-mb", type=float, default=DEFAULT_GPU_MEMORY_MB,
                    help="whole-GPU memory budget in MB, CUDA context included "
@@ -39,8 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="host memory the run may use, MB (default: the container's limit, "
                         "read from the cgroup); the next case is read during the current one "
                         "only when both fit")
-    p.add_argument("--step", type=float, default=None,
-                   help="tile step as a fraction of the patch (default: the plan's)")
+    p.add_argument("--tile-step", "--step", dest="tile_step", type=float, default=None,
+                   help="tiles this fraction of the patch apart (default: the plan's "
+                        "tile_step)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: from the memory budget)")
     p.add_argument("--torch-mode", default="grouped/autocast",
@@ -63,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
         p.error(f"--part-id must lie in 0..{args.num_parts - 1} with --num-parts {args.num_parts}")
-    if args.step is not None and not 0 < args.step <= 1:
-        p.error("--step is a fraction of the patch in (0, 1]")
+    if args.tile_step is not None and not 0 < args.tile_step <= 1:
+        p.error("--tile-step is a fraction of the patch in (0, 1]")
     if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -143,7 +145,7 @@ def _work(args, cases: list, report) -> int:
                  len(cases))
     first_read = read_ahead(todo[0][1]) if todo else None
 
-    from inference.backends import DeviceError
+    from inference.devices import DeviceError
     from inference.plans import PlanError
     from inference.predictor import Predictor
     from inference.weights import WeightsError
@@ -153,7 +155,7 @@ def _work(args, cases: list, report) -> int:
         if first_read is not None and _uses_torch(args):
             waited = _torch_after_read(first_read)
         predictor = Predictor(args.weights, args.device, args.backend, args.gpu_memory_mb,
-                              args.step, args.batch_size, torch_mode=args.torch_mode,
+                              args.tile_step, args.batch_size, torch_mode=args.torch_mode,
                               threads=args.threads, memory_limit_mb=args.memory_limit_mb)
     except (nifti.InputError, PlanError, WeightsError, DeviceError) as error:
         log.error("error: %s", error)
@@ -162,7 +164,7 @@ def _work(args, cases: list, report) -> int:
     origin = report.born if report.replacement else START
     ready_s = time.perf_counter() - origin
     # The read-ahead inflates the voxels first and needs ITK only for the geometry at the
-    # end: importing SimpleITK (about 50 ms) here, while it still inflates, takes that
+    # end: importing SimpleITK here, while it still inflates, takes that
     # import off the read's path.
     nifti.simpleitk()
     log.info("start-up %.2f s (imports and model%s)", ready_s, "" if waited is None else
@@ -236,7 +238,7 @@ def _escape_controls(record: logging.LogRecord) -> bool:
 
 def _uses_torch(args) -> bool:
     """Whether the predictor will build the torch backend (as ``choose_backend`` decides)."""
-    from inference.backends import gpu_count, torch_installed
+    from inference.devices import gpu_count, torch_installed
 
     if args.backend != "auto":
         return args.backend == "torch" and torch_installed()

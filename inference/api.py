@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from inference.budget import DEFAULT_GPU_MEMORY_MB
-from inference.formats import read_scan, scan_name, volume_from_image, write_mask
+from inference.formats import read_scan, scan_name, write_mask
+from inference.itk_images import volume_from_image
 from inference.lesions import Lesion, case_statistics, label_lesions, lesion_table, summary
 from inference.nifti import CtVolume, Grid
 
@@ -44,7 +45,7 @@ class Segmentation:
 
     def mask_image(self):
         """The mask as a SimpleITK image (uint8) on the input's grid."""
-        from inference.formats import grid_image
+        from inference.itk_images import grid_image
 
         return grid_image(self.mask, self.grid)
 

@@ -103,13 +103,6 @@ class NumpyOps:
         return total
 
     @staticmethod
-    def resize_plane(part, plane):
-        """Linear in-plane resize of a (s, y, x) slab; z untouched."""
-        from inference.resample import resize_linear
-
-        return resize_linear(part, (part.shape[0], *plane))
-
-    @staticmethod
     def pad_inplane(volume, pad_y, pad_x, value):
         return np.pad(volume, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=value)
 
@@ -184,7 +177,9 @@ class TorchOps:
         c = self.F.pad(a, pad).cumsum(dim=axis)
         return c.narrow(axis, 2 * r + 1, n) - c.narrow(axis, 0, n)
 
-    def resize_plane(self, part, plane):
+    def interpolate_plane(self, part, plane):
+        """Bilinear in-plane resize of a (s, y, x) slab in one kernel (``resize_linear``'s
+        convention)."""
         return self.F.interpolate(part[:, None], size=tuple(plane), mode="bilinear",
                                   align_corners=False)[:, 0]
 

@@ -2,13 +2,12 @@
 
 ``TorchBackend`` runs the state dict on CUDA (fp16) or the CPU; ``OnnxBackend`` runs
 the exported graph with onnxruntime and never imports torch, which saves seconds of
-start-up on every case. ``choose`` picks by device: torch on a GPU, onnxruntime on the
-CPU (measured: benchmark/results/).
+start-up on every case. ``inference.devices.choose_backend`` picks by device: torch on a
+GPU, onnxruntime on the CPU (the measurements: benchmark/results/README.md).
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import logging
 from pathlib import Path
@@ -17,51 +16,11 @@ import numpy as np
 
 from inference import weights as weights_io
 from inference.budget import graph_fits
+from inference.devices import DeviceError
 from inference.pipeline import network_forward
 from inference.plans import Plan
 
 log = logging.getLogger(__name__)
-
-
-class DeviceError(RuntimeError):
-    """The requested device or backend is not available."""
-
-
-def gpu_count() -> int:
-    """CUDA devices visible through the driver, without importing torch (0 if none)."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
-
-
-def resolve_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (said in one line)."""
-    if requested == "auto":
-        if gpu_count() > 0:
-            return "cuda:0"
-        log.warning("No GPU detected. Running on the CPU; this is slower.")
-        return "cpu"
-    if requested == "cpu":
-        return "cpu"
-    if requested == "cuda" or requested.startswith("cuda:"):
-        index = int(requested.partition(":")[2] or 0)
-        if index >= gpu_count():
-            raise DeviceError(f"--device {requested}: no such GPU is visible "
-                              f"({gpu_count()} found)")
-        return f"cuda:{index}"
-    raise DeviceError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
-
-
-def torch_installed() -> bool:
-    """Whether torch can be imported here, found without importing it (an image may lack it)."""
-    return importlib.util.find_spec("torch") is not None
 
 
 def onnxruntime_installed() -> bool:
@@ -74,23 +33,6 @@ def cpu_fallback_backend(folder) -> str:
     it and the exported graph are here (it starts without torch and runs faster on the
     CPU), else torch on the CPU."""
     if onnxruntime_installed() and (Path(folder) / weights_io.ONNX_MODEL).is_file():
-        return "onnx"
-    return "torch"
-
-
-def choose_backend(requested: str, device: str) -> str:
-    """``auto``: torch on a GPU, onnxruntime on the CPU or where torch is not installed."""
-    if requested not in ("auto", "torch", "onnx"):
-        raise DeviceError(f"--backend must be auto, torch or onnx, got {requested!r}")
-    if requested == "torch" and not torch_installed():
-        raise DeviceError("--backend torch: torch is not installed here; use --backend onnx")
-    if requested != "auto":
-        return requested
-    if device == "cpu":
-        return "onnx"
-    if not torch_installed():
-        log.warning("torch is not installed here: running onnxruntime instead of torch on %s",
-                    device)
         return "onnx"
     return "torch"
 
@@ -199,7 +141,7 @@ class TorchBackend:
                     self.device).total_memory
             # No autotuning: it times every convolution's algorithms again in each fresh
             # process, one per case in the challenge, which cost more than it saved
-            # (benchmark/results/container/gpu_h100_2026-11-27.md).
+            # (benchmark/results/README.md).
             torch.backends.cudnn.benchmark = False
         path = weights_io.verified(folder, weights_io.TORCH_MODEL)
         state = torch.load(path, map_location="cpu", weights_only=True)

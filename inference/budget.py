@@ -8,10 +8,10 @@ importing the predictor before the first case's read has started.
 
 from __future__ import annotations
 
-# Whole-GPU memory the organisers allow is 4 GB; the CUDA context and cuDNN take about
-# 650 MiB of it before any tensor exists, so the allocator gets the rest less a margin.
-# The default is a small budget because the organisers score memory too, and a larger one
-# bought no speed (benchmark/results/container/gpu_h100_2026-11-27.md).
+# Whole-GPU memory the organisers allow is 4 GB; the CUDA context and cuDNN take a share
+# of it before any tensor exists (CUDA_CONTEXT_MB, with a margin), so the allocator gets
+# the rest. The default is a small budget because the organisers score memory too, and a
+# larger one bought no speed (benchmark/results/README.md).
 DEFAULT_GPU_MEMORY_MB = 1200
 CUDA_CONTEXT_MB = 700
 MIN_ALLOCATOR_MB = 256
@@ -70,8 +70,8 @@ def graph_fits(limit_bytes: float, reserved_bytes: float, forward_peak_bytes: fl
 
 
 # Resident memory per byte of input voxels (benchmark.container.host_memory, CPU, onnxruntime): a
-# case's peak is its read, the voxels and the mapped compressed file (about 1.5x the voxel
-# bytes above the baseline). Once the read-ahead is decided the current case is read; it
+# case's peak is its read, the voxels and the mapped compressed file (more than the voxel
+# bytes alone above the baseline). Once the read-ahead is decided the current case is read; it
 # then grows by its mask and upsampling slabs while its input is released: under 1x.
 GROWTH_PER_VOXEL_BYTE = 1.0
 READ_PER_VOXEL_BYTE = 1.6

@@ -22,7 +22,7 @@ import numpy as np
 
 from inference import nifti
 from inference.folders import InputError
-from inference.formats import volume_from_image
+from inference.itk_images import volume_from_image
 
 log = logging.getLogger(__name__)
 

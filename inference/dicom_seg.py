@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.dicom import SeriesVolume
-from inference.folders import InputError
-from inference.formats import atomic_path
+from inference.folders import InputError, atomic_temporary
 
 SERIES_NUMBER = 9900  # sorts after the scanner's own series in a viewer
 # highdicom logs each module it copies from the source at INFO: not news to a user
@@ -67,7 +66,7 @@ def dicom_seg(volume: SeriesVolume, mask_zyx: np.ndarray):
 def write_dicom_seg(segmentation, path: str | Path) -> Path:
     """Save a ``dicom_seg`` dataset, atomically."""
     path = Path(path)
-    with atomic_path(path) as temporary:
+    with atomic_temporary(path, keep_suffix=True) as temporary:
         segmentation.save_as(temporary)
     return path
 

@@ -160,17 +160,24 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
 
 
 @contextmanager
-def atomic_temporary(out_path: Path) -> Iterator[Path]:
+def atomic_temporary(out_path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """A hidden temporary beside ``out_path``, moved onto it only when complete.
 
-    Its name ends in ``.partial``, never ``.nii.gz``: a run killed mid-write leaves nothing
-    a ``*.nii.gz`` listing returns. The case name in it is shortened where the whole name
+    Every file the project writes goes through here, so a killed run leaves either the whole
+    file or the old one, never half of one. The temporary's name ends in ``.partial``, never
+    ``.nii.gz``: a run killed mid-write leaves nothing a ``*.nii.gz`` listing returns.
+    ``keep_suffix`` adds ``out_path``'s own suffix after it, for writers that choose the
+    format by the name (ITK, matplotlib). The name in it is shortened where the whole name
     would pass ``NAME_MAX`` bytes. The writer holds a lock on it while it writes, so
     ``remove_stale_temporaries`` can tell a dead run's file from a live run's.
     """
-    tag = f".{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-    stem = _within(out_path.name[: -len(NIFTI_SUFFIX)], NAME_MAX - 1 - len(tag))
-    temporary = out_path.with_name(f".{stem}{tag}")
+    out_path = Path(out_path)
+    name = out_path.name
+    suffix = NIFTI_SUFFIX if name.endswith(NIFTI_SUFFIX) else out_path.suffix
+    stem = name[: -len(suffix)] if suffix and (keep_suffix or suffix == NIFTI_SUFFIX) else name
+    tag = f".{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}{suffix if keep_suffix else ''}"
+    temporary = out_path.with_name(f".{_within(stem, NAME_MAX - 1 - len(tag))}{tag}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     # 0o666 less the umask, like any new file: a temporary from mkstemp would stay 0o600.
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -185,6 +192,14 @@ def atomic_temporary(out_path: Path) -> Iterator[Path]:
         raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """``text`` into ``path`` through ``atomic_temporary``: the whole text or the old file."""
+    path = Path(path)
+    with atomic_temporary(path) as temporary:
+        temporary.write_text(text)
+    return path
 
 
 def _within(name: str, size: int) -> str:

@@ -11,21 +11,17 @@ name in the format its suffix names. Not imported by the challenge's command.
 from __future__ import annotations
 
 import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from inference import nifti
-from inference.folders import NIFTI_SUFFIX, InputError
+from inference import nifti, nifti_writer
+from inference.folders import NIFTI_SUFFIX, InputError, atomic_temporary
+from inference.itk_images import grid_image, volume_from_image
 
 NIFTI_SUFFIXES = (NIFTI_SUFFIX, ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 SCAN_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-# Voxel types kept as they are (as the NIfTI reader keeps them); wider ones become float32.
-_KEPT_PIXELS = ("int8", "uint8", "int16", "uint16", "float32")
 
 
 def scan_suffix(path: str | os.PathLike) -> str | None:
@@ -70,46 +66,6 @@ def _read_itk_file(path: Path) -> nifti.CtVolume:
     return volume_from_image(image, path)
 
 
-def volume_from_image(image, path: str | os.PathLike | None = None) -> nifti.CtVolume:
-    """A ``CtVolume`` from a SimpleITK image: a 3D scalar image in HU (a 4D one with a
-    single volume is taken as 3D); InputError for anything else."""
-    sitk = nifti.simpleitk()
-    where = path if path is not None else "the image"
-    size = image.GetSize()
-    if image.GetDimension() == 4 and size[3] == 1:
-        image = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, 0))
-        size = image.GetSize()
-    if image.GetDimension() != 3:
-        what = "only one 3D CT volume per image is supported" if image.GetDimension() > 3 else \
-            "a 3D CT volume is expected"
-        raise InputError(f"{where}: a {image.GetDimension()}D image of size "
-                         f"{'x'.join(map(str, size))}: {what}")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{where}: {image.GetNumberOfComponentsPerPixel()} values per voxel "
-                         "(a colour or vector image): a CT holds one grey value per voxel")
-    array = sitk.GetArrayFromImage(image)
-    if array.dtype.name not in _KEPT_PIXELS:
-        array = array.astype(np.float32)
-    spacing = tuple(float(s) for s in image.GetSpacing())
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"{where}: voxel spacing {spacing} is not positive")
-    grid = nifti.Grid(tuple(int(n) for n in size), spacing,
-                      tuple(float(v) for v in image.GetOrigin()),
-                      tuple(float(v) for v in image.GetDirection()))
-    checked = nifti.check_intensities(array, Path(str(where)))
-    return nifti.CtVolume(checked, grid, Path(path) if path is not None else None)
-
-
-def grid_image(array_zyx: np.ndarray, grid: nifti.Grid):
-    """A SimpleITK image of ``array_zyx`` placed on ``grid``."""
-    sitk = nifti.simpleitk()
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
-    return image
-
-
 def write_mask(mask_zyx: np.ndarray, grid: nifti.Grid, path: str | os.PathLike) -> Path:
     """Write a {0,1} uint8 mask on ``grid`` in the format ``path``'s suffix names, atomically.
 
@@ -118,24 +74,11 @@ def write_mask(mask_zyx: np.ndarray, grid: nifti.Grid, path: str | os.PathLike) 
     """
     path = Path(path)
     if path.name.endswith(NIFTI_SUFFIX):
-        return nifti.write_mask(mask_zyx, grid, path)
+        return nifti_writer.write_mask(mask_zyx, grid, path)
     if not path.name.endswith((".nii", ".nrrd", ".mha")):
         raise ValueError(f"mask name must end with .nii.gz, .nii, .nrrd or .mha: {path}")
     image = grid_image(np.asarray(mask_zyx, np.uint8), grid)
-    with atomic_path(path) as temporary:
+    with atomic_temporary(path, keep_suffix=True) as temporary:
         nifti.simpleitk().WriteImage(image, str(temporary), useCompression=True)
     return path
 
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A hidden temporary beside ``path`` with the same suffix (writers choose their format
-    by it), moved onto ``path`` when the block ends without an error, removed otherwise."""
-    path = Path(path)
-    temporary = path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -13,13 +13,20 @@ class ModelConfigError(ValueError):
     """A user-caused problem with the network's configuration, input or checkpoint."""
 
 
+DEFAULT_PRESET = "fast"  # the container's network, and a new plan's (PRESETS below)
+DEFAULT_PATCH_SIZE = (192, 192)  # the paper's in-plane patch (y, x)
+# The dynamic convolution's two exact forms (``inference.model.DynamicConv2d``): the batch
+# folded into a grouped convolution, or K convolutions mixed per sample.
+DYNAMIC_FORMS = ("grouped", "branches")
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Everything that fixes the network's shape; ``plans.json`` stores all of it."""
 
     in_channels: int = 3
     num_classes: int = 2
-    patch_size: tuple[int, int] = (192, 192)
+    patch_size: tuple[int, int] = DEFAULT_PATCH_SIZE
     base_features: int = 32
     max_features: int = 512
     n_stages: int = 6
@@ -146,7 +153,8 @@ PRESETS: dict[str, NetworkConfig] = {
         sam_heads=8, sam_window_size=0,
     ),
     # The container default: same architecture, narrower and shallower SAM branch,
-    # sized for tiles per second on a GPU under 4 GB (docs/network.md has the measurements).
+    # sized for tiles per second on a GPU under 4 GB (benchmark/results/README.md has the
+    # measurements).
     "fast": NetworkConfig(
         base_features=16, max_features=256, n_stages=6,
         sam_image_size=128, sam_patch_size=16, sam_embed_dim=192, sam_depth=2,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from inference.folders import atomic_temporary
 from inference.model import LesionProbability, NnSam
 
 OPSET = 18
@@ -48,17 +49,14 @@ def export_onnx(model: NnSam, path: str | Path, batch_size: int | None = 8,
             kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch")}}
         else:
             kwargs["dynamic_axes"] = {"tiles": {0: "batch"}, output: {0: "batch"}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with atomic_temporary(path, keep_suffix=True) as temporary, warnings.catch_warnings(), \
+                torch.no_grad():
             # The TorchScript exporter warns that InstanceNorm in eval mode uses input
             # statistics: that is exactly what InstanceNorm does in both modes.
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, (example,), str(tmp), **kwargs)
-        tmp.replace(path)
+            torch.onnx.export(graph, (example,), str(temporary), **kwargs)
     finally:
-        tmp.unlink(missing_ok=True)
         for m, f in zip(model.dynamic_convs(), previous_forms):
             m.form = f
         model.train(was_training)

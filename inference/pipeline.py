@@ -18,7 +18,8 @@ import numpy as np
 from inference.arrays import array_ops
 from inference.plans import Plan, PostProcessing
 from inference.postprocess import remove_components
-from inference.preprocess import Prepared, body_mask, pad_value, restore
+from inference.preprocess import Prepared, body_mask, pad_value
+from inference.restore import restore
 from inference.sliding_window import sliding_window
 
 
@@ -45,17 +46,17 @@ def module_predictor(network, device) -> Callable:
 
 
 def network_probability(volume, predict: Callable, plan: Plan, batch_size: int = 8,
-                        step: float | None = None, body: np.ndarray | None = None,
+                        tile_step: float | None = None, body: np.ndarray | None = None,
                         **window) -> np.ndarray:
     """Lesion probability (numpy float32, z, y, x) of a normalised volume at network resolution.
 
-    The plan's tiling (its tile step unless ``step`` is given) and padding; tiles missing
+    The plan's tiling (its ``tile_step`` unless one is given) and padding; tiles missing
     ``body`` (``body_mask`` of the volume when not given) are skipped. ``window`` goes to
     ``sliding_window`` (slab_slices, to_host, oom_errors, progress).
     """
     body = body_mask(volume, plan) if body is None else body
     probability = sliding_window(
-        volume, predict, plan.patch_size, plan.tile_step if step is None else step,
+        volume, predict, plan.patch_size, plan.tile_step if tile_step is None else tile_step,
         plan.context_slices, batch_size, body, pad_value=pad_value(plan), **window)
     return array_ops(probability).to_host(probability)
 

@@ -12,14 +12,17 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from inference.network_config import (ModelConfigError, NetworkConfig, config_from_dict,
-                                      config_to_dict, get_config)
+from inference.folders import write_text_atomically
+from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
+                                      NetworkConfig, config_from_dict, config_to_dict,
+                                      get_config)
 
 PLAN_VERSION = 1
 ORIENTATIONS = ("LPS", "RAS")
 SPACING_RANGE_MM = (0.1, 20.0)
 PATCH_RANGE = (8, 2048)
 MIN_TILE_STEP = 0.05
+DEFAULT_BATCH_SIZE = 4  # training samples per step (the paper's)
 
 
 class PlanError(ValueError):
@@ -50,7 +53,13 @@ class Normalization:
 
 @dataclass
 class PostProcessing:
-    """Lesion decision and connected-component filtering."""
+    """Lesion decision and connected-component filtering.
+
+    The container takes these from plans.json and nowhere else. ``training plan`` writes
+    them from these defaults and the dataset (``training.planning.initial_postprocessing``);
+    ``training thresholds`` then replaces all three with what scored best on validation
+    cases.
+    """
 
     threshold: float = 0.5
     min_volume_mm3: float = 50.0
@@ -62,17 +71,17 @@ class Plan:
     """Target spacing (x, y, z mm), 2.5D patch, orientation, normalisation, thresholds."""
 
     target_spacing: tuple[float, float, float] = (2.0, 2.0, 3.0)
-    patch_size: tuple[int, int] = (192, 192)
+    patch_size: tuple[int, int] = DEFAULT_PATCH_SIZE
     context_slices: int = 3
     orientation: str = "LPS"
-    preset: str = "fast"
-    batch_size: int = 4
+    preset: str = DEFAULT_PRESET
+    batch_size: int = DEFAULT_BATCH_SIZE
     tile_step: float = 0.5
     body_threshold_hu: float = -500.0
     # Box-average each axis over the downsampling factor before resampling: linear
     # interpolation alone keeps the scanner noise of fine voxels at full strength.
-    # Off by default until a training run shows it helps (one 16-minute phantom run
-    # did not: benchmark/results/training/demo_training.md).
+    # Off by default: turn it on for a dataset where a training run shows that it helps
+    # (benchmark/results/README.md has the runs that compared it).
     smoothing: bool = False
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
@@ -182,11 +191,8 @@ class Plan:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.validate(str(path)).to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        text = json.dumps(self.validate(str(path)).to_dict(), indent=2) + "\n"
+        return write_text_atomically(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import nifti
-from inference.backends import (DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, choose_backend,
-                                cpu_fallback_backend, resolve_device)
+from inference import nifti, nifti_header, nifti_writer
+from inference.backends import DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, cpu_fallback_backend
 from inference.budget import (DEFAULT_GPU_MEMORY_MB, allocator_bytes, blending, host_memory,
                               host_memory_limit_mb, may_read_ahead, memory_fraction,
                               tiles_per_batch)
+from inference.devices import choose_backend, resolve_device
 from inference.pipeline import decide, network_probability
 from inference.plans import Plan
-from inference.preprocess import (PREPROCESS_SLAB, Prepared, preprocess, restore,
-                                  restore_probability)
+from inference.preprocess import PREPROCESS_SLAB, Prepared, preprocess
 from inference.reading import FirstRead, cases_to_do, timed_read
+from inference.restore import restore, restore_probability
 from inference.weights import load_plan
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Predictor:
     """Build once with a weights folder; call ``predict`` on volumes or ``run`` on files."""
 
     def __init__(self, weights: str | Path, device: str = "auto", backend: str = "auto",
-                 gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, step: float | None = None,
+                 gpu_memory_mb: float = DEFAULT_GPU_MEMORY_MB, tile_step: float | None = None,
                  batch_size: int | None = None, plan: Plan | None = None,
                  torch_mode: str = DEFAULT_TORCH_MODE, threads: int | None = None,
                  memory_limit_mb: float | None = None):
@@ -74,9 +74,9 @@ class Predictor:
         self._cpu: Predictor | None = None  # where a case goes when the GPU cannot hold it
         self.weights = Path(weights)
         self.plan = plan or load_plan(self.weights)
-        if step is not None:
-            self.plan.tile_step = step
-            self.plan.validate("--step")
+        if tile_step is not None:
+            self.plan.tile_step = tile_step
+            self.plan.validate("--tile-step")
         self.device = resolve_device(device)
         name = choose_backend(backend, self.device)
         if name == "onnx":
@@ -115,12 +115,12 @@ class Predictor:
         return preprocess(volume.array, volume.spacing, volume.direction, self.plan,
                           self.backend.prepare, slab)
 
-    def probability(self, prepared: Prepared, step: float | None = None,
+    def probability(self, prepared: Prepared, tile_step: float | None = None,
                     progress=None) -> np.ndarray:
         """Lesion probability at network resolution of a prepared volume (with a body)."""
         slab, to_host = self._blending(prepared.body.shape)
         return network_probability(
-            prepared.volume, self.backend, self.plan, self.batch_size, step, prepared.body,
+            prepared.volume, self.backend, self.plan, self.batch_size, tile_step, prepared.body,
             slab_slices=slab, to_host=to_host, oom_errors=self.backend.oom_errors,
             progress=progress)
 
@@ -170,7 +170,7 @@ class Predictor:
             reason = _first_sentences(error)
         else:
             key = TIMED_AS.get(stage, stage)
-            timings[key] = timings.get(key, 0.0) + _lap(start)
+            timings[key] = timings.get(key, 0.0) + _seconds_since(start)
             return out
         raise OutOfDeviceMemory(stage, reason)
 
@@ -271,8 +271,8 @@ class Predictor:
         """Read the next case during this one unless that could pass the memory limit."""
         if self.memory_limit_mb is None:
             return True
-        ahead = may_read_ahead(self.memory_limit_mb, nifti.voxel_bytes(current) or 0,
-                               nifti.voxel_bytes(following))
+        ahead = may_read_ahead(self.memory_limit_mb, nifti_header.voxel_bytes(current) or 0,
+                               nifti_header.voxel_bytes(following))
         if not ahead:
             log.info("%s: read after the case before it, not during it: both at once could "
                      "pass the memory limit of %.0f MB", Path(following).name,
@@ -336,18 +336,19 @@ def _first_sentences(error: Exception, n: int = 2) -> str:
     return ". ".join(line.split(". ")[:n])[:160]
 
 
-def _lap(start: float) -> float:
+def _seconds_since(start: float) -> float:
+    """Seconds since ``start``, a ``time.perf_counter()`` reading."""
     return time.perf_counter() - start
 
 
 def _timed_write(mask, probability, grid, output_dir: Path, case: str) -> float:
     t = time.perf_counter()
-    nifti.write_mask(mask, grid, output_dir / f"{case}.nii.gz")
+    nifti_writer.write_mask(mask, grid, output_dir / f"{case}.nii.gz")
     if probability is not None:
         (output_dir / "probabilities").mkdir(exist_ok=True)
-        nifti.write_probabilities(probability, grid,
-                                  output_dir / "probabilities" / f"{case}.nii.gz")
-    return _lap(t)
+        nifti_writer.write_probabilities(probability, grid,
+                                         output_dir / "probabilities" / f"{case}.nii.gz")
+    return _seconds_since(t)
 
 
 def _format_timings(result: CaseResult) -> str:

@@ -36,7 +36,7 @@ def write_preview(path: str | Path, ct: np.ndarray, labels: np.ndarray, grid: Gr
     # A Figure of its own, not pyplot: nothing global changes (a notebook keeps its backend)
     from matplotlib.figure import Figure
 
-    from inference.formats import atomic_path
+    from inference.folders import atomic_temporary
 
     reorientation = Reorientation.to_target(grid.direction, "LPS")
     image = reorientation.apply(ct)
@@ -66,7 +66,7 @@ def write_preview(path: str | Path, ct: np.ndarray, labels: np.ndarray, grid: Gr
     figure.suptitle(title, color="white", fontsize=11)
     figure.tight_layout()
     path = Path(path)
-    with atomic_path(path) as temporary:
+    with atomic_temporary(path, keep_suffix=True) as temporary:
         figure.savefig(temporary, dpi=100, facecolor="black", format="png")
     return path
 

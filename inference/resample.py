@@ -36,6 +36,15 @@ def _interp_axis(a, axis: int, n_out: int, start: int = 0, stop: int | None = No
     return low + (ops.take(a, hi, axis) - low) * ops.from_host_like(w.reshape(shape), a)
 
 
+def resize_plane(part, plane):
+    """Linear in-plane resize of a (s, y, x) slab; z untouched: torch's bilinear interpolation
+    on a tensor, ``resize_linear`` on a numpy array."""
+    ops = array_ops(part)
+    if ops.is_numpy:
+        return resize_linear(part, (part.shape[0], *plane))
+    return ops.interpolate_plane(part, plane)
+
+
 def resize_linear(a, shape, region=None):
     """``a`` (z, y, x) resized to ``shape`` by trilinear interpolation.
 

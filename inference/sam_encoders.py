@@ -59,7 +59,7 @@ def sam_image_encoder() -> type:
     """segment_anything's ``ImageEncoderViT`` class, without importing torchvision.
 
     ``import segment_anything`` runs the package's ``__init__``, which imports its
-    predictor and mask generator and through them torchvision: 0.5-3 s of start-up on
+    predictor and mask generator and through them torchvision: seconds of start-up on
     every case the container runs, for code inference never calls. The encoder's own
     module needs only torch.
     """
@@ -88,7 +88,7 @@ class _DropPath(nn.Module):
 def _timm_stand_ins() -> dict[str, types.ModuleType]:
     """The four names MobileSAM's ``tiny_vit_sam`` takes from timm.
 
-    ``timm`` is not a declared dependency of MobileSAM, and importing it costs about 2 s,
+    ``timm`` is not a declared dependency of MobileSAM, and importing it takes seconds,
     imports torchvision and huggingface_hub and prints deprecation warnings, for a drop
     path (inactive at rate 0, which MobileSAM builds with), a pair helper, an initialiser
     and a registry decorator.

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.devices import BACKENDS
 from inference.folders import InputError
 from inference.formats import SCAN_SUFFIXES, scan_name, scan_suffix
 
@@ -78,7 +79,7 @@ def parse_args(argv=None, prog: str = "flare-nnsam predict") -> argparse.Namespa
     p.add_argument("--weights", type=Path, default=None,
                    help="weights folder (default: the weights shipped with the package)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: torch on a GPU, onnxruntime on the CPU")
     p.add_argument("--gpu-memory-mb", type=float, default=DEFAULT_GPU_MEMORY_MB,
                    help=f"whole-GPU memory budget in MB (default {DEFAULT_GPU_MEMORY_MB})")
@@ -111,7 +112,7 @@ def main(argv=None, prog: str = "flare-nnsam predict") -> int:
         log.error("error: %s", error)
         return 2
     from inference.api import Segmenter
-    from inference.backends import DeviceError
+    from inference.devices import DeviceError
     from inference.plans import PlanError
     from inference.weights import WeightsError
 
@@ -307,9 +308,9 @@ def _check_installed(module: str, option: str, extra: str) -> None:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    from inference.formats import atomic_path
+    from inference.folders import atomic_temporary
 
-    with atomic_path(path) as temporary:
+    with atomic_temporary(path, keep_suffix=True) as temporary:
         temporary.write_text(json.dumps(content, indent=2) + "\n")
 
 

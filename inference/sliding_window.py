@@ -1,7 +1,8 @@
 """2.5D sliding-window inference with Gaussian blending, batching and a memory budget.
 
 Each output slice z is predicted from tiles of the ``context`` slices centred on it
-(edges replicated). In-plane tiles overlap by ``1 - step``; their lesion probabilities
+(edges replicated). In-plane tiles lie ``tile_step`` patches apart (the plan's
+``tile_step``; they overlap by ``1 - tile_step``); their lesion probabilities
 are blended with a Gaussian importance map. Tiles that do not touch the body on their
 slice are skipped (their voxels get probability 0). Slices are processed in slabs, so
 the accumulators never hold the whole volume, and tiles are batched across slices.
@@ -24,11 +25,11 @@ from inference.arrays import NumpyOps, TorchOps, is_numpy
 log = logging.getLogger(__name__)
 
 
-def tile_starts(size: int, patch: int, step: float) -> list[int]:
-    """Evenly spaced tile starts covering ``size`` with at most ``step * patch`` apart."""
+def tile_starts(size: int, patch: int, tile_step: float) -> list[int]:
+    """Evenly spaced tile starts covering ``size``, at most ``tile_step * patch`` apart."""
     if size <= patch:
         return [0]
-    n = math.ceil((size - patch) / (patch * step)) + 1
+    n = math.ceil((size - patch) / (patch * tile_step)) + 1
     return [round(i * (size - patch) / (n - 1)) for i in range(n)]
 
 
@@ -51,10 +52,10 @@ class Tile:
     x: int
 
 
-def plan_tiles(shape, patch, step, body=None) -> list[Tile]:
+def plan_tiles(shape, patch, tile_step, body=None) -> list[Tile]:
     """Tiles for a (z, y, x) volume; with a body mask, tiles missing the body are dropped."""
-    ys = tile_starts(shape[1], patch[0], step)
-    xs = tile_starts(shape[2], patch[1], step)
+    ys = tile_starts(shape[1], patch[0], tile_step)
+    xs = tile_starts(shape[2], patch[1], tile_step)
     tiles = []
     for z in range(shape[0]):
         if body is None:
@@ -144,9 +145,9 @@ def weight_sum_plane(starts, plane_shape, weight: np.ndarray) -> np.ndarray:
 def sliding_window(
     volume,
     predict: Callable,
-    patch: Sequence[int] = (192, 192),
-    step: float = 0.5,
-    context: int = 3,
+    patch: Sequence[int],
+    tile_step: float,
+    context: int,
     batch_size: int = 8,
     body=None,
     slab_slices: int = 32,
@@ -158,6 +159,8 @@ def sliding_window(
     """Lesion probability for every voxel of ``volume`` (z, y, x), same shape.
 
     ``predict(tiles)`` maps a (b, context, py, px) batch to (b, py, px) probabilities.
+    ``patch``, ``tile_step`` and ``context`` are the plan's (``pipeline.network_probability``
+    passes them).
     ``body`` is a boolean numpy mask of ``volume``'s shape: tiles that miss it on their
     slice are skipped. On one of ``oom_errors`` the batch is halved and retried.
     The result has ``volume``'s type, or is a numpy array filled slab by slab when
@@ -175,7 +178,7 @@ def sliding_window(
     weight_np = gaussian_importance(patch)
     weight = ops.from_host(weight_np)
     half = context // 2
-    tiles = plan_tiles(shape, patch, step, body)
+    tiles = plan_tiles(shape, patch, tile_step, body)
     log.debug("%d tiles of %dx%d for a %s volume", len(tiles), py, px, tuple(shape))
     slice_layout, planes = _normalisers(tiles, shape, weight_np, ops)
     out = np.zeros(shape, np.float32) if to_host else ops.zeros(shape)

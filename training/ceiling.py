@@ -34,6 +34,7 @@ from inference.pipeline import mask_on_input
 from inference.plans import Plan
 from inference.preprocess import _resize_in_slabs, network_shape, preprocess, smoothing_widths
 from training.dataset import CaseError, DatasetError, list_dataset, read_case
+from training.reporting import mean_scores
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,7 @@ def run_ceiling(dataset, plans, spacings=None, min_volumes=None, thresholds=None
 def summarise(rows: list[dict]) -> dict:
     """Mean DSC/NSD over lesion-bearing cases and over all cases."""
     lesion = [r for r in rows if r["lesion_ml"] > 0]
-
-    def mean(rs, key):
-        return float(np.mean([r[key] for r in rs])) if rs else float("nan")
-
-    return {"n_lesion": len(lesion), "lesion_dsc": mean(lesion, "dsc"),
-            "lesion_nsd": mean(lesion, "nsd"), "n_all": len(rows),
-            "all_dsc": mean(rows, "dsc"), "all_nsd": mean(rows, "nsd")}
+    lesion_means, all_means = mean_scores(lesion), mean_scores(rows)
+    return {"n_lesion": len(lesion), "lesion_dsc": lesion_means["dsc"],
+            "lesion_nsd": lesion_means["nsd"], "n_all": len(rows),
+            "all_dsc": all_means["dsc"], "all_nsd": all_means["nsd"]}

@@ -19,7 +19,7 @@ import torch
 
 from inference.pipeline import module_predictor, network_probability
 from inference.plans import Plan
-from inference.weights import write_weights
+from inference.weights import DEFAULT_ONNX_BATCH, write_weights
 from training.preprocessing import cached_cases, load_case
 from training.trainer import BEST, LAST, SPLIT, TrainingError, build_network, load_checkpoint
 
@@ -74,7 +74,7 @@ def check_parity(network, plan: Plan, weights_dir: Path, image: np.ndarray,
     return float(np.abs(p_torch - p_onnx).max())
 
 
-def run_export(run_dir, output, checkpoint: str = "best", onnx_batch: int = 8,
+def run_export(run_dir, output, checkpoint: str = "best", onnx_batch: int = DEFAULT_ONNX_BATCH,
                tolerance: float = TOLERANCE) -> float:
     run_dir, output = Path(run_dir), Path(output)
     torch.set_num_threads(1)  # see training.trainer: shared small CPUs lose with more

@@ -34,10 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PARTIAL_MODES = ("ignore", "plain")
-DICE_MODES = ("batch", "sample")
-DEEP_SUPERVISION = ("halving", "nnunet")
-LOSS_KERNELS = ("per-level", "batched")
+from training.settings import DEEP_SUPERVISION, DICE_MODES, LOSS_KERNELS, PARTIAL_MODES
 
 
 def deep_supervision_weights(n: int, scheme: str = "halving") -> list[float]:

@@ -32,6 +32,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
+from inference.folders import atomic_temporary, write_text_atomically
+
 log = logging.getLogger(__name__)
 
 TISSUES = (
@@ -138,14 +140,8 @@ class Phantom:
 
 def write_nifti(image: sitk.Image, path: str) -> None:
     """Write atomically: a killed run never leaves a half-written file at ``path``."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp{os.getpid()}-{name}")
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True, compressionLevel=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_temporary(path, keep_suffix=True) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True, compressionLevel=1)
 
 
 class _Grid:
@@ -718,10 +714,7 @@ def write_dataset(out_dir, n, *, seed=0, shape_xyz=None, spacing_xyz=None,
         "partial_labels": partial, "seed": seed,
         "training": entries[True], "unlabelled": entries[False],
     }
-    path = os.path.join(out_dir, "dataset.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_text_atomically(os.path.join(out_dir, "dataset.json"), json.dumps(meta, indent=1))
     return [e["id"] for e in entries[True]]
 
 

@@ -13,7 +13,7 @@ cases contribute spacing and shape only.
 
 Plan: target spacing (default: in-plane twice the median, slices max(median, 3 mm);
 ``--target-spacing`` for e.g. the FLARE24 winner's 3x2x2 mm), 2.5D patch
-(3 x 192 x 192 by default), batch size, CT normalisation (clip to the sample's
+(``DEFAULT_PATCH_SIZE`` in plane by default), batch size, CT normalisation (clip to the sample's
 0.5/99.5 percentiles, z-score with its mean and std), network preset, post-processing
 defaults (refined later by ``python -m training thresholds``).
 """
@@ -31,8 +31,10 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from inference.network_config import ModelConfigError, get_config, with_sam
-from inference.plans import Normalization, Plan, PostProcessing
+from inference.folders import write_text_atomically
+from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
+                                      get_config, with_sam)
+from inference.plans import DEFAULT_BATCH_SIZE, Normalization, Plan, PostProcessing
 from training.dataset import CaseError, DatasetError, list_dataset, read_case
 
 log = logging.getLogger(__name__)
@@ -138,8 +140,9 @@ def summarise(cases: list[dict]) -> dict:
     return summary
 
 
-def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 192),
-              batch_size: int = 4, context_slices: int = 3, smoothing: bool = False,
+def make_plan(fp: dict, target_spacing=None, preset: str = DEFAULT_PRESET,
+              patch=DEFAULT_PATCH_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
+              context_slices: int = 3, smoothing: bool = False,
               sam: str | None = None, sam_checkpoint=None,
               sam_options: dict | None = None, checkpoint_checked: bool = False) -> Plan:
     """The plan from a fingerprint (see the module docstring for each default).
@@ -162,16 +165,24 @@ def make_plan(fp: dict, target_spacing=None, preset: str = "fast", patch=(192, 1
                              mean=round(fg["mean"], 2), std=round(max(fg["std"], 1.0), 2))
     config = _network_config(preset, patch, context_slices, sam, sam_options, norm)
     checkpoint = _checked_sam_checkpoint(config, sam_checkpoint, load=not checkpoint_checked)
-    post = PostProcessing()
-    volumes = fp.get("lesion_volumes_mm3")
-    if volumes:
-        # Never drop what a real small lesion looks like: half the 5th-percentile volume.
-        post.min_volume_mm3 = round(float(min(post.min_volume_mm3, 0.5 * volumes["p05"])), 1)
+    post = initial_postprocessing(fp)
     return Plan(target_spacing=tuple(float(v) for v in target_spacing),
                 patch_size=tuple(config.patch_size), context_slices=context_slices,
                 preset=preset, batch_size=batch_size, normalization=norm,
                 postprocessing=post, smoothing=smoothing, network=config,
                 sam_checkpoint=checkpoint).validate("plan")
+
+
+def initial_postprocessing(fp: dict) -> PostProcessing:
+    """The plan's post-processing before ``training thresholds`` chooses it on validation
+    cases: ``PostProcessing``'s defaults, with the minimum component volume lowered to half
+    the dataset's 5th-percentile lesion volume where that is smaller, so that it never drops
+    what a real small lesion of the dataset looks like."""
+    post = PostProcessing()
+    volumes = fp.get("lesion_volumes_mm3")
+    if volumes:
+        post.min_volume_mm3 = round(float(min(post.min_volume_mm3, 0.5 * volumes["p05"])), 1)
+    return post
 
 
 def _network_config(preset, patch, context_slices, sam, sam_options, norm: Normalization):
@@ -215,8 +226,9 @@ def _checked_sam_checkpoint(config, path, load: bool = True) -> str | None:
     return str(Path(path).resolve())
 
 
-def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 192),
-             batch_size=4, progress=True, smoothing=False, sam=None, sam_checkpoint=None,
+def run_plan(dataset, output, target_spacing=None, preset=DEFAULT_PRESET,
+             patch=DEFAULT_PATCH_SIZE, batch_size=DEFAULT_BATCH_SIZE, progress=True,
+             smoothing=False, sam=None, sam_checkpoint=None,
              sam_options=None) -> Plan:
     # a checkpoint that does not fit is refused before the dataset is read (the CT window,
     # which only the dataset gives, does not change the encoder)
@@ -228,10 +240,7 @@ def run_plan(dataset, output, target_spacing=None, preset="fast", patch=(192, 19
                      checkpoint_checked=True)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fp_path = output.parent / FINGERPRINT
-    tmp = fp_path.with_name(f".{fp_path.name}.tmp")
-    tmp.write_text(json.dumps(fp, indent=1) + "\n")
-    tmp.replace(fp_path)
+    write_text_atomically(output.parent / FINGERPRINT, json.dumps(fp, indent=1) + "\n")
     plan.save(output)
     n = plan.normalization
     log.info("%d cases (%d lesion-free, %d partial); median spacing %s mm",

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from inference.folders import atomic_temporary, write_text_atomically
 from inference.plans import Plan
 from inference.preprocess import preprocess
 from inference.resample import resize_linear
@@ -55,16 +55,12 @@ def prepare_case(volume, label, plan: Plan):
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_temporary(path) as temporary, open(temporary, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def _save_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def is_done(cache: Path, case: str, plan_dict: dict) -> bool:

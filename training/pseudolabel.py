@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import folders, nifti
+from inference import folders, nifti, nifti_writer
 from inference.postprocess import remove_components
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def run_pseudolabel(args) -> dict:
                      float(result.probability.max()))
             continue
         shutil.copyfile(path, out / "imagesTr" / path.name)
-        nifti.write_mask(label, volume, out / "labelsTr" / f"{case}.nii.gz")
+        nifti_writer.write_mask(label, volume, out / "labelsTr" / f"{case}.nii.gz")
         records.append({"id": case, "image": f"imagesTr/{path.name}",
                         "label": f"labelsTr/{case}.nii.gz", "pseudo_label": True,
                         "healthy": kind == "healthy", "partial": kind == "lesion",
@@ -78,9 +78,7 @@ def run_pseudolabel(args) -> dict:
             f"(min confidence {args.min_confidence}) from {Path(args.input).name}",
             "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz",
             "numTraining": len(records), "training": records, "counts": counts}
-    tmp = out / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(out / "dataset.json")
+    folders.write_text_atomically(out / "dataset.json", json.dumps(meta, indent=1) + "\n")
     print(f"{counts['lesion']} with confident lesions, {counts['healthy']} kept as healthy, "
           f"{counts['dropped']} dropped, {counts['unreadable']} unreadable -> {out}")
     return counts

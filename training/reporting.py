@@ -1,12 +1,16 @@
-"""What a training run leaves for people: a log file, a CSV of metrics per epoch, a PNG."""
+"""What a training run leaves for people: a log file, a CSV of metrics per epoch, a PNG,
+and the mean scores every summary of cases reports."""
 
 from __future__ import annotations
 
 import csv
 import logging
 import math
-import os
 from pathlib import Path
+
+import numpy as np
+
+from inference.folders import atomic_temporary
 
 COLUMNS = ("epoch", "train_loss", "val_dsc", "val_nsd", "val_score", "lr", "temperature",
            "seconds", "foreground_fraction", "data_wait_fraction")
@@ -26,14 +30,19 @@ def add_log_file(path: Path) -> logging.Handler:
     return handler
 
 
+def mean_scores(rows: list[dict], keys=("dsc", "nsd")) -> dict[str, float]:
+    """The mean of each of ``keys`` over the per-case ``rows`` (numbers or their text, as a
+    CSV gives them); NaN where there is no row."""
+    return {key: float(np.mean([float(row[key]) for row in rows])) if rows else math.nan
+            for key in keys}
+
+
 def write_csv(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_temporary(path) as temporary, open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    os.replace(tmp, path)
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
@@ -63,7 +72,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         ax2.text(0.5, 0.5, "no validation yet", ha="center", va="center",
                  transform=ax2.transAxes)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_temporary(path, keep_suffix=True) as temporary:
+            fig.savefig(temporary, dpi=100)
+    finally:
+        plt.close(fig)

@@ -34,12 +34,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from training.augment import NNUNET, AugmentConfig, lesion_reach, window_for
 from training.preprocessing import load_case
+from training.settings import LESION_SAMPLING, OVERSAMPLE
 
-OVERSAMPLE = 1 / 3
 # a batch that was not ready when the step asked for it: the loop blocked this long or more
 # (taking a ready one from a worker's queue takes a fraction of it)
 DATA_WAIT_S = 1e-3
-LESION_SAMPLING = ("voxel", "lesion")
 
 
 @dataclass

@@ -30,31 +30,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
 from inference.preprocess import pad_value
 from training.augment import augment
 from training.loss import DeepSupervisionLoss
+from training.settings import ADAMS, COMPILE_MODES, STEP_LOSS_KERNELS, StepOptions
 
 log = logging.getLogger(__name__)
 GRAD_CLIP = 12.0  # gradient-norm clip of every step (nnU-Net's)
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune",
-                 "max-autotune-no-cudagraphs")
-ADAMS = ("auto", "default", "foreach", "fused")
-LOSS_KERNELS = ("auto", "per-level", "batched")
 GRAPH_WARMUP = 3  # eager steps before the capture: lazy initialisation, optimiser state
-
-
-@dataclass(frozen=True)
-class StepOptions:
-    """How a step runs; ``auto`` values depend on the device (see the module)."""
-
-    compile: str = "off"
-    cuda_graph: bool = False
-    adam: str = "auto"
-    loss_kernels: str = "auto"
 
 
 def resolve_options(options: StepOptions, device: torch.device, precision,
@@ -63,7 +49,7 @@ def resolve_options(options: StepOptions, device: torch.device, precision,
     combination that cannot run."""
     for name, value, allowed in (("compile", options.compile, COMPILE_MODES),
                                  ("adam", options.adam, ADAMS),
-                                 ("loss kernels", options.loss_kernels, LOSS_KERNELS)):
+                                 ("loss kernels", options.loss_kernels, STEP_LOSS_KERNELS)):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     cuda = device.type == "cuda"

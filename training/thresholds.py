@@ -8,18 +8,17 @@ is applied with the container's own ``inference.pipeline.mask_on_input`` (compon
 network resolution, restored onto the input grid) and scored against the label with the
 FLARE rules (``evaluation.metrics.score_case``; lesion-free cases score 1/1 only when
 empty). The triple with the best mean of DSC and NSD is written into the weights'
-plans.json (and SHA256SUMS); ties go to the middle of the tied triples.
+plans.json (signed again in SHA256SUMS); ties go to the middle of the tied triples.
 
 The decision threshold is searched because 0.5 is not the best cut after linear
 upsampling: a lesion a few coarse voxels wide, whose voxels hold partly lesion, shrinks
-or vanishes at 0.5 (spheres of radius 3 and 5 mm on a 0.8 x 0.8 x 2.5 mm grid, each
-2 x 2 x 3 mm voxel holding its exact lesion fraction, score DSC 0.63 and 0.88 at 0.5,
-0.88 and 0.96 at 0.35; ``python -m training ceiling`` measures it on a dataset).
+or vanishes at 0.5 even when each coarse voxel holds its exact lesion fraction, and a
+lower cut keeps more of it (``python -m training ceiling`` measures it on a dataset).
 
-The tile step is chosen the same way: the validation cases are predicted at each step of
-``--steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: about 2.2x fewer tiles),
-and the largest step whose best score lies within ``STEP_TOLERANCE`` (0.01) of the best
-overall is written into the plan, with its post-processing. Speed is bought only where the
+The plan's ``tile_step`` is chosen the same way: the validation cases are predicted at
+each step of ``--tile-steps`` (0.5, nnU-Net's overlap, and 1.0, tiles edge to edge: far
+fewer tiles), and the largest step whose best score lies within ``STEP_TOLERANCE`` of the
+best overall is written into the plan, with its post-processing. Speed is bought only where the
 validation cases say accuracy does not pay for it.
 """
 
@@ -40,7 +39,7 @@ from evaluation.metrics import score_case
 from inference.pipeline import mask_on_input
 from inference.plans import PostProcessing
 from inference.preprocess import Prepared
-from inference.weights import PLANS, SUMS, load_plan, read_sums, sha256
+from inference.weights import PLANS, load_plan, save_plan
 from training.dataset import CaseError, list_dataset, read_case
 from training.trainer import SPLIT, TrainingError
 
@@ -116,11 +115,12 @@ def grid_search(predictions: list[CasePrediction], thresholds=DECISION_THRESHOLD
     return rows, tied[len(tied) // 2]
 
 
-def predict_case(predictor, entry, steps=None) -> dict[float, CasePrediction]:
+def predict_case(predictor, entry, tile_steps=None) -> dict[float, CasePrediction]:
     """Network-resolution probability of one raw case with the container's code, per tile
-    step (the case is read and preprocessed once for all steps)."""
+    step (the case is read and preprocessed once for all of ``tile_steps``; default: the
+    plan's)."""
     volume, label = read_case(entry)
-    steps = [predictor.plan.tile_step] if steps is None else steps
+    steps = [predictor.plan.tile_step] if tile_steps is None else tile_steps
     prepared = predictor.prepare(volume)
     if prepared.box is None:  # no body: the container writes an empty mask
         probabilities = {step: np.zeros((1, 1, 1), np.float32) for step in steps}
@@ -153,7 +153,7 @@ def choose_step(best_by_step: dict[float, dict], tolerance: float = STEP_TOLERAN
 
 def write_postprocessing(weights_dir: Path, min_volume: float, min_confidence: float,
                          threshold: float | None = None, tile_step: float | None = None) -> None:
-    """Update plans.json's post-processing (and tile step) and its line in SHA256SUMS."""
+    """Update plans.json's post-processing (and tile step), signed (``save_plan``)."""
     plan = load_plan(weights_dir)
     if threshold is not None:
         plan.postprocessing.threshold = float(threshold)
@@ -161,12 +161,7 @@ def write_postprocessing(weights_dir: Path, min_volume: float, min_confidence: f
         plan.tile_step = float(tile_step)
     plan.postprocessing.min_volume_mm3 = float(min_volume)
     plan.postprocessing.min_confidence = float(min_confidence)
-    plan.save(weights_dir / PLANS)
-    sums = read_sums(weights_dir)
-    sums[PLANS] = sha256(weights_dir / PLANS)
-    tmp = weights_dir / f".{SUMS}.tmp"
-    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
-    tmp.replace(weights_dir / SUMS)
+    save_plan(weights_dir, plan)
 
 
 def run_thresholds(args) -> dict:
@@ -184,7 +179,7 @@ def run_thresholds(args) -> dict:
     plan.postprocessing.min_volume_mm3 = 0.0
     plan.postprocessing.min_confidence = 0.0
     predictor = Predictor(weights_dir, device=args.device, plan=plan)
-    steps = sorted(set(args.steps or TILE_STEPS))
+    steps = sorted(set(args.tile_steps or TILE_STEPS))
     quiet = args.disable_progress_bar or args.quiet
     predictions = {step: [] for step in steps}
     for case in tqdm(wanted, desc="predict", unit="case", disable=quiet):
@@ -201,7 +196,7 @@ def run_thresholds(args) -> dict:
         tables[step], best_by_step[step] = grid_search(
             predictions[step], args.decision_thresholds or DECISION_THRESHOLDS,
             args.volumes or VOLUMES_MM3, args.confidences or CONFIDENCES,
-            getattr(args, "workers", 1))
+            args.workers)
     step = choose_step(best_by_step)
     best = dict(best_by_step[step], tile_step=step)
     for each, rows in tables.items():

@@ -31,14 +31,15 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from inference.folders import atomic_temporary
 from inference.model import NnSam, count_parameters
 from inference.sam_encoders import load_sam_checkpoint
 from inference.plans import Plan
@@ -48,8 +49,9 @@ from training.preprocessing import cached_cases
 from training.reporting import add_log_file, plot_curves, write_csv
 from training.sampling import (DATA_WAIT_S, BatchStream, PatchSampler, batch_loader,
                                data_workers, load_cases, next_batch)
-from training.step import StepOptions, prepare_step, set_lr, set_up_step, train_step
-from training.validation import validate
+from training.settings import StepOptions, TrainSettings
+from training.step import prepare_step, set_lr, set_up_step, train_step
+from training.validation import validate, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,10 @@ def amp_dtype(device: torch.device, mode: str = "auto"):
 
     CUDA: fp16 with loss scaling, unless ``off`` or ``bf16`` (bf16 needs no loss scaling,
     so a whole step can be captured as a CUDA graph). CPU: fp32 unless ``on`` or ``bf16``,
-    which train in bf16. bf16 is opt-in on the CPU: on the demo's 2-core AMD EPYC
-    (AVX512-BF16) it gave 1.2x the steps, but two 30-minute demo runs with it scored no
-    better on 64 held-out phantoms than the fp32 run (lesion DSC 0.211 and 0.223 against
-    0.196, each within one paired standard error; ``benchmark/results/training/demo_training.md``),
-    and its gradients are measurably coarser (``tests/training/test_trainer.py``).
+    which train in bf16. bf16 is opt-in on the CPU: where the CPU has native bf16 it makes
+    steps faster, but demo runs with it scored no better on held-out phantoms than fp32
+    (benchmark/results/README.md), and its gradients are measurably coarser
+    (``tests/training/test_trainer.py``).
     Without native bf16 (``_native_bf16``) oneDNN emulates it, slower than fp32.
     """
     if mode == "off":
@@ -155,9 +156,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_temporary(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def _setup_distributed(device_arg: str):
@@ -187,8 +187,8 @@ def init_lesion_prior(network, prior: float) -> None:
     """Start every output head at p(lesion) = ``prior`` (the focal-loss prior initialisation).
 
     Lesions are a tiny fraction of the voxels; from the default p = 0.5 the full-resolution
-    head spends thousands of steps just learning that
-    (benchmark/results/training/demo_training.md has the loss from either start).
+    head spends thousands of steps just learning that (benchmark/results/README.md links the
+    loss from either start).
     """
     if not 0 < prior < 1:
         return
@@ -198,14 +198,14 @@ def init_lesion_prior(network, prior: float) -> None:
             head.bias[1] = -math.log((1 - prior) / prior)
 
 
-def train(args) -> dict:
-    """Run (or resume) training as described by the parsed CLI ``args``; returns the history.
+def train(settings: TrainSettings) -> dict:
+    """Run (or resume) training as ``settings`` say; returns the history.
 
     The named steps: ``_set_up`` (devices, split, sampler, network, optimiser),
     ``_restore`` (resume, pretrained SAM encoder, fine-tuning), ``train_step`` (one
     batch, ``training.step``), ``_end_epoch`` (schedule, validation, checkpoints).
     """
-    run = _set_up(args)
+    run = _set_up(settings)
     start_epoch, best, history, spent_s = _restore(run)
     prepare_step(run)
     if run.main:
@@ -216,12 +216,12 @@ def train(args) -> dict:
                  f", {frozen / 1e6:.2f}M frozen" if frozen else "", run.device,
                  run.world, str(run.precision or "fp32").replace("torch.", ""),
                  len(run.train_ids), len(run.val_ids), run.batch_size,
-                 "x".join(map(str, run.plan.patch_size)), args.epochs, args.iterations)
+                 "x".join(map(str, run.plan.patch_size)), settings.epochs, settings.iterations)
         log.info("step: %s; %d data-loading workers%s", _describe(run.options), run.workers,
                  ", pinned memory" if run.device.type == "cuda" else "")
     run.started = time.perf_counter() - spent_s  # training time counts across --resume
     batches = iter(_loader(run, start_epoch))
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, settings.epochs):
         t0 = time.perf_counter()
         losses, foreground, waits = _run_epoch(run, epoch, batches)
         row, out_of_time = _end_epoch(run, epoch, losses, foreground, waits, t0)
@@ -236,7 +236,7 @@ def train(args) -> dict:
         if out_of_time:
             if run.main:
                 log.warning("time limit of %.1f min reached after epoch %d; stopping",
-                            args.time_limit_min, epoch)
+                            settings.time_limit_min, epoch)
             break
     del batches  # its workers end
     digest = sum(float(p.double().abs().sum()) for p in run.network.state_dict().values()
@@ -251,16 +251,48 @@ def train(args) -> dict:
     return {"history": history, "train": run.train_ids, "validation": run.val_ids}
 
 
-class Run(SimpleNamespace):
-    """What one training run holds: arguments, plan, devices, data, network, optimiser."""
+@dataclass(eq=False)
+class Run:
+    """What one training run holds while it trains. ``_set_up`` fills the first part from
+    the settings and the plan; ``training.step.set_up_step`` and ``prepare_step`` the step's."""
 
+    settings: TrainSettings | None = None
+    plan: Plan | None = None
+    device: torch.device | None = None
+    rank: int = 0
+    world: int = 1
+    run_dir: Path | None = None
+    log_handler: logging.Handler | None = None
+    batch_size: int = 0
+    train_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    train_set: list = field(default_factory=list)
+    val_set: list = field(default_factory=list)
+    aug: object = None  # training.augment.AugmentConfig, None: no augmentation
+    sampler: PatchSampler | None = None
+    network: NnSam | None = None
+    model: torch.nn.Module | None = None  # the network, wrapped in DDP under torchrun
+    precision: torch.dtype | None = None  # autocast dtype; None: fp32
+    budget_s: float = 0.0  # the time limit in seconds; 0: none
+    workers: int = 0
+    anneal_steps: int = 0
+    generator: torch.Generator | None = None
+    temperature: float | None = None  # the dynamic convolutions' current one
+    first_step_s: float | None = None
+    started: float = 0.0  # perf_counter at the start, less the time trained before --resume
+    # training.step's
+    options: StepOptions | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: torch.amp.GradScaler | None = None
+    loss_fn: torch.nn.Module | None = None
+    sync_free: bool = False
+    forward_loss: object = None
+    graphed: object = None
 
-def step_options(args) -> StepOptions:
-    """The levers of ``training.step`` the CLI's ``args`` ask for."""
-    return StepOptions(compile=getattr(args, "compile", "off"),
-                       cuda_graph=getattr(args, "cuda_graph", False),
-                       adam=getattr(args, "adam", "auto"),
-                       loss_kernels=getattr(args, "loss_kernels", "auto"))
+    @property
+    def main(self) -> bool:
+        """Rank 0, the process that logs and writes."""
+        return self.rank == 0
 
 
 def _describe(options: StepOptions) -> str:
@@ -268,74 +300,72 @@ def _describe(options: StepOptions) -> str:
             f"Adam {options.adam}, loss {options.loss_kernels}")
 
 
-def _set_up(args) -> Run:
-    device, rank, world = _setup_distributed(args.device)
-    if device.type == "cpu" and getattr(args, "threads", 0):
+def _set_up(settings: TrainSettings) -> Run:
+    s = settings
+    device, rank, world = _setup_distributed(s.device)
+    if device.type == "cpu" and s.threads:
         # more threads than idle cores spin-wait on each other: on a shared small machine
-        # one thread is faster than two (docs/training.md)
-        torch.set_num_threads(args.threads)
-    run = Run(args=args, device=device, rank=rank, world=world, main=rank == 0,
-               run_dir=Path(args.output), plan=Plan.load(args.plans), log_handler=None,
-               temperature=None, first_step_s=None)
-    run.batch_size = args.batch_size or run.plan.batch_size
+        # one thread is faster than two (benchmark/results/README.md)
+        torch.set_num_threads(s.threads)
+    run = Run(settings=s, device=device, rank=rank, world=world, run_dir=Path(s.output),
+              plan=Plan.load(s.plans))
+    run.batch_size = s.batch_size or run.plan.batch_size
     if run.main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.log_handler = add_log_file(run.run_dir / "train.log")
-    torch.manual_seed(args.seed + rank)
+    torch.manual_seed(s.seed + rank)
     run.train_ids, run.val_ids = _split(run)
-    run.train_set = load_cases(args.cache, run.train_ids)
-    run.val_set = load_cases(args.cache, run.val_ids)
+    run.train_set = load_cases(s.cache, run.train_ids)
+    run.val_set = load_cases(s.cache, run.val_ids)
     # The sampler cuts windows sized for these ranges, so augmentation never pulls in padding.
-    run.aug = None if args.no_augment else AUGMENTATIONS[getattr(args, "augmentation", "nnunet")]
+    run.aug = AUGMENTATIONS[s.augmentation]
     run.sampler = PatchSampler(run.train_set, run.plan.patch_size, run.plan.context_slices,
-                               oversample=args.oversample, pad_value=pad_value(run.plan),
-                               lesion_sampling=getattr(args, "lesion_sampling", "voxel"),
-                               augmentation=run.aug)
+                               oversample=s.oversample, pad_value=pad_value(run.plan),
+                               lesion_sampling=s.lesion_sampling, augmentation=run.aug)
     network = build_network(run.plan)
-    init_lesion_prior(network, args.lesion_prior)  # replaced by the checkpoint on --resume
+    init_lesion_prior(network, s.lesion_prior)  # replaced by the checkpoint on --resume
     run.network = network.to(device)
     # The grouped form (the batch folded into the convolution's groups) is the faster one
     # on CUDA and on the CPU; both compute the same function, with different rounding.
-    run.network.set_dynamic_form(args.dynamic_form if args.dynamic_form != "auto" else "grouped")
+    run.network.set_dynamic_form(s.dynamic_form if s.dynamic_form != "auto" else "grouped")
     # the time limit is a budget the schedule anneals over, or the last checkpoint of a
     # time-limited run would come from a learning rate still far from its minimum
-    run.budget_s = 60 * (args.time_limit_min or 0)
-    run.precision = amp_dtype(device, getattr(args, "amp", "auto"))
+    run.budget_s = 60 * (s.time_limit_min or 0)
+    run.precision = amp_dtype(device, s.amp)
     try:
-        set_up_step(run, step_options(args), args.lr, args.weight_decay, loss=dict(
-            partial_mode=args.partial_mode, margin=args.partial_margin,
-            dice=getattr(args, "dice", "batch"),
-            deep_supervision=getattr(args, "deep_supervision", "halving")))
+        set_up_step(run, s.step, s.lr, s.weight_decay, loss=dict(
+            partial_mode=s.partial_mode, margin=s.partial_margin, dice=s.dice,
+            deep_supervision=s.deep_supervision))
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    run.workers = data_workers(getattr(args, "num_workers", None), device, world)
-    run.anneal_steps = args.anneal_epochs * args.iterations
+    run.workers = data_workers(s.num_workers, device, world)
+    run.anneal_steps = s.anneal_epochs * s.iterations
     run.generator = torch.Generator(device=device)
     return run
 
 
 def _split(run: Run) -> tuple[list[str], list[str]]:
     """(train, validation) case ids: the run's own on --resume, else a new split, saved."""
-    args, split_path = run.args, run.run_dir / SPLIT
-    if args.resume and split_path.is_file():
+    s, split_path = run.settings, run.run_dir / SPLIT
+    if s.resume and split_path.is_file():
         split = json.loads(split_path.read_text())
         train_ids, val_ids = split["train"], split["validation"]
     else:
-        train_ids, val_ids = split_cases(cached_cases(args.cache), args.val_fraction,
-                                         args.val_cases, args.seed)
+        train_ids, val_ids = split_cases(cached_cases(s.cache), s.val_fraction, s.val_cases,
+                                         s.seed)
     if run.main:
         run.plan.save(run.run_dir / "plans.json")
         split_path.write_text(json.dumps({"train": train_ids, "validation": val_ids,
-                                          "cache": str(args.cache)}, indent=1) + "\n")
+                                          "cache": str(s.cache)}, indent=1) + "\n")
     return train_ids, val_ids
 
 
 def _restore(run: Run) -> tuple[int, float, list, float]:
     """(first epoch, best score, history, seconds trained): from --resume, else a fresh
     start with the plan's pretrained SAM encoder or --init-weights; wraps DDP last."""
-    args, network, run_dir = run.args, run.network, run.run_dir
+    s, network, run_dir = run.settings, run.network, run.run_dir
     start_epoch, best, history, spent_s = 0, -math.inf, [], 0.0
-    if args.resume and (run_dir / LAST).is_file():
+    if s.resume and (run_dir / LAST).is_file():
         state = load_checkpoint(run_dir / LAST)
         network.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])  # with the next epoch's rate
@@ -347,26 +377,26 @@ def _restore(run: Run) -> tuple[int, float, list, float]:
         if run.main:
             log.info("resuming %s after epoch %d (%.1f min of training)", run_dir / LAST,
                      state["epoch"], spent_s / 60)
-        if run.budget_s and spent_s >= run.budget_s and start_epoch < args.epochs:
+        if run.budget_s and spent_s >= run.budget_s and start_epoch < s.epochs:
             if run.main:
                 log.info("--resume: the time limit of %.1f min was reached before; nothing "
-                         "left to train", args.time_limit_min)
-            start_epoch = args.epochs
+                         "left to train", s.time_limit_min)
+            start_epoch = s.epochs
     else:
-        if args.resume and run.main:
+        if s.resume and run.main:
             log.info("--resume: no %s yet; starting from scratch", run_dir / LAST)
-        if run.plan.sam_checkpoint and not args.init_weights:
+        if run.plan.sam_checkpoint and not s.init_weights:
             load_sam_checkpoint(network, run.plan.sam_checkpoint)
             if run.main:
                 log.info("SAM encoder from %s%s", run.plan.sam_checkpoint,
                          " (frozen)" if run.plan.network.sam_frozen else "")
-        if args.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
-            if not Path(args.init_weights).is_file():
-                raise TrainingError(f"--init-weights {args.init_weights}: no such checkpoint")
-            state = load_checkpoint(args.init_weights)
+        if s.init_weights:  # fine-tuning: weights only, a fresh optimiser and schedule
+            if not Path(s.init_weights).is_file():
+                raise TrainingError(f"--init-weights {s.init_weights}: no such checkpoint")
+            state = load_checkpoint(s.init_weights)
             network.load_state_dict(state["model"] if "model" in state else state)
             if run.main:
-                log.info("initialised from %s", args.init_weights)
+                log.info("initialised from %s", s.init_weights)
     run.model = network
     if run.world > 1:
         run.model = torch.nn.parallel.DistributedDataParallel(
@@ -375,25 +405,24 @@ def _restore(run: Run) -> tuple[int, float, list, float]:
 
 
 def _loader(run: Run, start_epoch: int):
-    args = run.args
-    return batch_loader(BatchStream(run.sampler, run.batch_size, args.iterations, args.seed,
-                                    run.rank, start_epoch, args.epochs), run.workers,
-                        run.device)
+    s = run.settings
+    return batch_loader(BatchStream(run.sampler, run.batch_size, s.iterations, s.seed,
+                                    run.rank, start_epoch, s.epochs), run.workers, run.device)
 
 
 def _run_epoch(run: Run, epoch: int, batches) -> tuple[list, list, list]:
     """One epoch of ``train_step``s: the losses (on the device), foreground fractions and the
     seconds each step waited for its batch."""
-    args = run.args
-    run.generator.manual_seed(args.seed * 100003 + run.rank * 1009 + epoch)
+    s = run.settings
+    run.generator.manual_seed(s.seed * 100003 + run.rank * 1009 + epoch)
     run.model.train()
     losses, foreground, waits = [], [], []
-    bar = tqdm(range(args.iterations), desc=f"epoch {epoch}", unit="it",
-               disable=not run.main or args.disable_progress_bar, leave=False)
+    bar = tqdm(range(s.iterations), desc=f"epoch {epoch}", unit="it",
+               disable=not run.main or not s.show_progress, leave=False)
     for i in bar:
         batch, waited = next_batch(batches)
         waits.append(waited)
-        _set_temperature(run, temperature(epoch * args.iterations + i, run.anneal_steps))
+        _set_temperature(run, temperature(epoch * s.iterations + i, run.anneal_steps))
         t = time.perf_counter()
         # kept on the device: a .item() per step would wait for the GPU every step
         losses.append(train_step(run, batch))
@@ -423,7 +452,7 @@ def _end_epoch(run: Run, epoch: int, losses: list, foreground: list, waits: list
                t0: float) -> tuple[dict, bool]:
     """The epoch's row (loss and foreground over all ranks, schedule, validation) and
     whether the time limit is reached; sets the next epoch's learning rate."""
-    args, device = run.args, run.device
+    s, device = run.settings, run.device
     sums = [float(torch.stack(losses).double().sum()), float(np.sum(foreground))]
     log.debug("rank %d epoch %d: loss %.9g, foreground fraction %.9g over %d steps", run.rank,
               epoch, sums[0] / len(losses), sums[1] / len(losses), len(losses))
@@ -434,16 +463,15 @@ def _end_epoch(run: Run, epoch: int, losses: list, foreground: list, waits: list
         dist.broadcast(clock, 0)
         elapsed_s = float(clock.item())
     out_of_time = bool(run.budget_s) and elapsed_s > run.budget_s
-    lr = cosine_lr(progress(epoch + 1, args.epochs, elapsed_s, run.budget_s), args.lr,
-                   args.lr * 1e-2)
+    lr = cosine_lr(progress(epoch + 1, s.epochs, elapsed_s, run.budget_s), s.lr, s.lr * 1e-2)
     set_lr(run.optimizer, lr, device)
     convs = run.network.dynamic_convs()
     row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
            "temperature": float(convs[0].temperature) if convs else 1.0,
            "foreground_fraction": foreground_fraction,
            "data_wait_fraction": float(np.mean(np.asarray(waits) >= DATA_WAIT_S))}
-    last = epoch + 1 == args.epochs or out_of_time
-    if run.val_set and ((epoch + 1) % args.val_every == 0 or last):
+    last = epoch + 1 == s.epochs or out_of_time
+    if run.val_set and ((epoch + 1) % s.val_every == 0 or last):
         metrics = validate_shared(run.network, run.val_set, run.plan, device, run.rank,
                                   run.world)
         row.update({k: v for k, v in metrics.items() if k != "cases"})
@@ -498,8 +526,4 @@ def validate_shared(network, cases: list, plan: Plan, device, rank: int = 0,
     dist.all_gather_object(parts, metrics.get("cases", []))
     order = {c.case: i for i, c in enumerate(cases)}
     rows = sorted((row for part in parts for row in part), key=lambda row: order[row["case"]])
-    if not rows:
-        return {"val_dsc": math.nan, "val_nsd": math.nan, "val_score": math.nan}
-    dsc = float(np.mean([row["dsc"] for row in rows]))
-    nsd = float(np.mean([row["nsd"] for row in rows]))
-    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
+    return validation_metrics(rows)

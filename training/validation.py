@@ -16,14 +16,15 @@ import torch
 from evaluation.metrics import score_case
 from inference.pipeline import decide, module_predictor, network_probability
 from inference.plans import Plan
+from training.reporting import mean_scores
 
 
 def predict_cached(network, image: np.ndarray, plan: Plan, device, batch_size: int = 16,
-                   step: float | None = None) -> np.ndarray:
+                   tile_step: float | None = None) -> np.ndarray:
     """Lesion probability (z, y, x) of a cached normalised volume."""
     volume = torch.from_numpy(np.asarray(image, np.float32)).to(device)
     return network_probability(volume, module_predictor(network, device), plan, batch_size,
-                               step)
+                               tile_step)
 
 
 def score_prediction(probability, label, spacing_zyx, plan: Plan) -> tuple[float, float]:
@@ -32,18 +33,23 @@ def score_prediction(probability, label, spacing_zyx, plan: Plan) -> tuple[float
     return score_case(kept, label, spacing_zyx)
 
 
-def validate(network, cases, plan: Plan, device, step: float | None = None) -> dict:
+def validate(network, cases, plan: Plan, device, tile_step: float | None = None) -> dict:
     """Mean DSC, NSD and their mean (the FLARE score) over ``cases`` (CachedCase list)."""
     was_training = network.training
     rows = []
     for case in cases:
-        probability = predict_cached(network, case.image, plan, device, step=step)
+        probability = predict_cached(network, case.image, plan, device, tile_step=tile_step)
         dsc, nsd = score_prediction(probability, np.asarray(case.label), case.spacing_zyx, plan)
         rows.append({"case": case.case, "dsc": dsc, "nsd": nsd,
                      "lesion": bool(np.asarray(case.label).any())})
     network.train(was_training)
-    if not rows:
-        return {"val_dsc": float("nan"), "val_nsd": float("nan"), "val_score": float("nan")}
-    dsc = float(np.mean([r["dsc"] for r in rows]))
-    nsd = float(np.mean([r["nsd"] for r in rows]))
-    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2, "cases": rows}
+    return validation_metrics(rows)
+
+
+def validation_metrics(rows: list[dict]) -> dict:
+    """Mean DSC, NSD and their mean, the FLARE score, over per-case rows, with the rows;
+    NaN without a row."""
+    means = mean_scores(rows)
+    dsc, nsd = means["dsc"], means["nsd"]
+    return {"val_dsc": dsc, "val_nsd": nsd, "val_score": (dsc + nsd) / 2,
+            **({"cases": rows} if rows else {})}

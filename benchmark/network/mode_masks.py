@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import nifti
+from inference import nifti, nifti_writer
 from inference.backends import TORCH_MODES
 from inference.predictor import Predictor
 
@@ -66,7 +66,7 @@ def masks_of_mode(mode: str, volumes: dict, weights: Path, device: str, out: Pat
             log.error("%s, %s: %s", mode, case, record[case]["error"])
             continue
         seconds = time.perf_counter() - start
-        nifti.write_mask(mask, volume, folder / f"{case}.nii.gz")
+        nifti_writer.write_mask(mask, volume, folder / f"{case}.nii.gz")
         record[case] = {"seconds": seconds, "marked": int(np.count_nonzero(mask))}
     return record
 

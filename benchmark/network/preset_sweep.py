@@ -18,8 +18,8 @@ import torch
 
 from benchmark import machine, report
 from benchmark.machine import display_path, results_dir
-from inference.model import (LesionProbability, build_model, count_flops, count_parameters,
-                             tile_activation_bytes)
+from benchmark.network.presets import count_flops
+from inference.model import LesionProbability, build_model, count_parameters, tile_activation_bytes
 from inference.onnx_export import export_onnx
 
 RESULTS = results_dir("network")

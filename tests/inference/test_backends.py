@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.backends import DeviceError, TorchBackend
+from inference.backends import TorchBackend
+from inference.devices import DeviceError
 from inference.weights import load_plan
 
 
@@ -66,12 +67,12 @@ def test_cuda_graphs_are_captured_where_they_fit_and_released_after_the_network(
 
 def test_auto_runs_onnxruntime_on_a_gpu_when_torch_is_missing(monkeypatch, caplog):
     # An image built on a base without torch (container/build.sh --local-base) on a GPU machine.
-    from inference import backends
+    from inference import devices
 
-    assert backends.choose_backend("auto", "cuda:0") == "torch"
-    monkeypatch.setattr(backends, "torch_installed", lambda: False)
-    assert backends.choose_backend("auto", "cuda:0") == "onnx"
+    assert devices.choose_backend("auto", "cuda:0") == "torch"
+    monkeypatch.setattr(devices, "torch_installed", lambda: False)
+    assert devices.choose_backend("auto", "cuda:0") == "onnx"
     assert "torch is not installed" in caplog.text
-    assert backends.choose_backend("auto", "cpu") == "onnx"
+    assert devices.choose_backend("auto", "cpu") == "onnx"
     with pytest.raises(DeviceError, match="torch is not installed"):
-        backends.choose_backend("torch", "cuda:0")
+        devices.choose_backend("torch", "cuda:0")

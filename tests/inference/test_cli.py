@@ -292,3 +292,15 @@ def test_tiny_volume_and_thousands_of_slices(tmp_path, tiny_weights):
     result = run_cli(inputs, tmp_path / "out", tiny_weights, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     check_outputs(inputs, tmp_path / "out", ["tiny", "long"])
+
+
+def test_the_tile_step_has_one_name_and_keeps_the_old_spelling(capsys):
+    from inference.__main__ import parse_args
+
+    base = ["-i", "in", "-o", "out"]
+    assert parse_args(base).tile_step is None  # the plan's
+    assert parse_args([*base, "--tile-step", "0.75"]).tile_step == 0.75
+    assert parse_args([*base, "--step", "0.75"]).tile_step == 0.75
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--tile-step", "1.5"])
+    assert "--tile-step is a fraction of the patch" in capsys.readouterr().err

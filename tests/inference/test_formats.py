@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from inference.dicom import read_series
 from inference.folders import InputError
-from inference.formats import read_scan, scan_name, volume_from_image, write_mask
+from inference.formats import read_scan, scan_name, write_mask
+from inference.itk_images import volume_from_image
 from tests.inference.dicom_series import write_dicom_series
 
 

@@ -259,3 +259,36 @@ def test_under_a_tight_memory_limit_the_next_case_is_read_after_this_one(tmp_pat
     later = [line for line in result.stderr.splitlines() if "read after the case before" in line]
     assert [line.split(":")[0] for line in later] == ["b_0000.nii.gz", "c_0000.nii.gz"]
     check_outputs(inputs, out, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("name, keep_suffix, ends", [
+    ("plans.json", False, ".partial"), ("ct.png", True, ".partial.png"),
+    ("mask.nii.gz", True, ".partial.nii.gz"), ("mask.nii.gz", False, ".partial")])
+def test_any_file_appears_whole_or_not_at_all(tmp_path, name, keep_suffix, ends):
+    from inference.folders import atomic_temporary, write_text_atomically
+
+    target = tmp_path / "sub" / name  # its folder is made
+    write_text_atomically(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_temporary(target, keep_suffix) as temporary:
+            assert temporary.parent == target.parent and temporary.name.startswith(".")
+            assert temporary.name.endswith(ends)
+            temporary.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]
+    write_text_atomically(target, "new")
+    assert target.read_text() == "new" and len(list(target.parent.iterdir())) == 1
+
+
+def test_continue_beside_an_input_itk_cannot_read_says_so_and_goes_on(tmp_path, tiny_weights):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_phantom_case(inputs, "good", 1)
+    write_phantom_case(inputs, "broken", 2)
+    assert run_cli(inputs, out, tiny_weights, "--device", "cpu").returncode == 0
+    (inputs / "broken_0000.nii.gz").write_bytes(b"")  # its mask is there, its input is not
+    again = run_cli(inputs, out, tiny_weights, "--device", "cpu", "--continue")
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    said = [line for line in again.stderr.splitlines() if "predicting broken again" in line]
+    assert len(said) == 1 and "broken_0000.nii.gz" in said[0], again.stderr
+    assert "the file is empty" in again.stderr  # the read of the case says why, in one line

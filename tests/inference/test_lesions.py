@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.formats import volume_from_image
+from inference.itk_images import volume_from_image
 from inference.lesions import case_statistics, label_lesions, lesion_table
 from tests.inference.test_recist import ellipsoid
 

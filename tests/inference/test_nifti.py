@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference import nifti
+from inference import gzip_stream, nifti
 from inference.folders import InputError, check_output_dir, list_cases, shard
-from inference.nifti import CtVolume, Grid, read_ct, write_mask, write_probabilities
+from inference.nifti import CtVolume, Grid, read_ct
+from inference.nifti_writer import write_mask, write_probabilities
 
 REAL_DATA = Path(__file__).parents[2].parent / "shared" / "data" / "real"
 
@@ -146,7 +147,7 @@ def test_multi_member_gzip_reads_and_its_truncation_is_caught(tmp_path):
 
 def test_streamed_gzip_reader_reads_the_same_and_catches_truncation(tmp_path, monkeypatch):
     """The streamed reader (used when isal's in-memory one is missing) behaves the same."""
-    monkeypatch.setattr(nifti, "_InMemoryGzipReader", None)
+    monkeypatch.setattr(gzip_stream, "IN_MEMORY_READER", None)
     raw = nifti1(ct_like())
     path = tmp_path / "streamed_0000.nii.gz"
     path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
@@ -169,9 +170,10 @@ def test_complete_file_is_checked_without_decompressing_it(tmp_path, monkeypatch
         return open_counted
 
     # Either reader inflates: isal's from memory, or the streamed one without it.
-    monkeypatch.setattr(nifti._gzip, "open", counting(nifti._gzip.open))
-    if nifti._InMemoryGzipReader is not None:
-        monkeypatch.setattr(nifti, "_InMemoryGzipReader", counting(nifti._InMemoryGzipReader))
+    monkeypatch.setattr(gzip_stream._gzip, "open", counting(gzip_stream._gzip.open))
+    if gzip_stream.IN_MEMORY_READER is not None:
+        monkeypatch.setattr(gzip_stream, "IN_MEMORY_READER",
+                            counting(gzip_stream.IN_MEMORY_READER))
     assert read_ct(path).array.shape == (20, 32, 32)
     assert len(opened) == 1
 
@@ -496,7 +498,7 @@ def test_output_folder_where_no_file_can_be_created_is_refused(tmp_path, monkeyp
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(nifti.os, "open", refuse)  # what a read-only mount does for non-root
+    monkeypatch.setattr(os, "open", refuse)  # what a read-only mount does for non-root
     with pytest.raises(InputError) as error:
         check_output_dir(tmp_path)
     assert "not writable" in assert_one_line_naming(error, tmp_path)
@@ -532,7 +534,7 @@ def test_mask_is_invisible_to_globbing_readers_until_complete(tmp_path, monkeypa
     volume = read_ct(save(tmp_path, "case_0000.nii.gz", nifti1(ct_like())))
     out_dir = tmp_path / "out"
     seen = {}
-    compress = nifti._compress_to
+    compress = gzip_stream.compress_to
 
     def spy(raw, chunks):
         seen["visible"] = glob.glob(str(out_dir / "*.nii.gz"))  # as sh and glob do
@@ -540,7 +542,7 @@ def test_mask_is_invisible_to_globbing_readers_until_complete(tmp_path, monkeypa
         seen["all"] = sorted(p.name for p in out_dir.iterdir())
         compress(raw, chunks)
 
-    monkeypatch.setattr(nifti, "_compress_to", spy)
+    monkeypatch.setattr(gzip_stream, "compress_to", spy)
     write_mask(volume.array > 0, volume, out_dir / "case.nii.gz")
     assert seen["visible"] == [] and seen["hidden"] == []
     (temporary,) = seen["all"]
@@ -561,7 +563,7 @@ def test_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch, failure
         raw.write(b"\x1f\x8b partial")
         raise failure
 
-    monkeypatch.setattr(nifti, "_compress_to", half_then_fail)
+    monkeypatch.setattr(gzip_stream, "compress_to", half_then_fail)
     with pytest.raises(InputError if isinstance(failure, OSError) else RuntimeError):
         write_mask(volume.array > 0, volume, out_dir / "case.nii.gz")
     with pytest.raises(InputError if isinstance(failure, OSError) else RuntimeError):

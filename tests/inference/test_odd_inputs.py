@@ -58,7 +58,7 @@ def _catalogue(hu: np.ndarray) -> dict[str, tuple[bytes, str]]:
         "oblique": (z(nifti1(hu, affine=_oblique())), "mask"),
         "sheared": (z(nifti1(hu, affine=np.array([[1.5, 0.3, 0, 0], [0, 1.5, 0, 0],
                                                    [0, 0, 3, 0], [0, 0, 0, 1.0]]))), "mask"),
-        # issue 17: what the field's readers accept, we accept
+        # what the field's readers accept, we accept
         "trailing_garbage": (z(clean) + b"\x00\x00junk", "same"),
         "trailing_zeros": (z(clean) + b"\x00" * 512, "same"),
         "empty_first_member": (gzip.compress(b"") + z(clean), "same"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.formats import volume_from_image
+from inference.itk_images import volume_from_image
 from inference.geometry import Reorientation
 from inference.lesions import label_lesions, lesion_table
 from inference.preview import _centre, _planes, write_preview

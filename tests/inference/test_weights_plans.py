@@ -192,3 +192,85 @@ def test_a_bad_network_in_the_plan_is_one_line(one_case, tmp_path, tiny_weights,
 
     weights = _resigned(tiny_weights, tmp_path / "w", edit)
     _one_line_exit_2(run_cli(one_case, tmp_path / "out", weights), "plans.json", words)
+
+
+# ----------------------------------------------------------------------------- signing again
+
+
+def _weights_cli(*argv):
+    import sys
+
+    from tests.inference.test_cli import ROOT
+
+    return subprocess.run([sys.executable, "-m", "inference.weights", *map(str, argv)],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def _edit_by_hand(folder, field, value):
+    plan = json.loads((folder / "plans.json").read_text())
+    _setting(field, value)(plan)
+    (folder / "plans.json").write_text(json.dumps(plan, indent=4))
+
+
+def test_a_plan_edited_by_hand_is_refused_until_signed_again(one_case, tmp_path, tiny_weights):
+    from inference.weights import load_plan
+
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    _edit_by_hand(weights, "postprocessing.min_volume_mm3", 123.0)
+    _one_line_exit_2(run_cli(one_case, tmp_path / "refused", weights, "--device", "cpu"),
+                     "plans.json: sha256 does not match",
+                     f"python -m inference.weights sign {weights}")
+    signed = _weights_cli("sign", weights)
+    assert signed.returncode == 0 and "signed plans.json" in signed.stdout, signed.stderr
+    assert load_plan(weights).postprocessing.min_volume_mm3 == 123.0
+    result = run_cli(one_case, tmp_path / "out", weights, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    again = _weights_cli("sign", weights)
+    assert again.returncode == 0 and "already matches" in again.stdout
+
+
+def _one_line_exit_2_of(result, *words):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_sign_refuses_a_bad_value_and_a_changed_model_and_signs_nothing(tmp_path, tiny_weights):
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    sums = (weights / SUMS).read_text()
+    _edit_by_hand(weights, "postprocessing.threshold", 1.5)
+    _one_line_exit_2_of(_weights_cli("sign", weights), "plans.json", "postprocessing.threshold")
+    assert (weights / SUMS).read_text() == sums
+    _edit_by_hand(weights, "postprocessing.threshold", 0.45)
+    with open(weights / "model.onnx", "r+b") as f:  # a model is exported, never re-signed
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    _one_line_exit_2_of(_weights_cli("sign", weights), "model.onnx", "export the weights again")
+    assert (weights / SUMS).read_text() == sums
+
+
+def test_set_changes_one_field_checks_the_plan_and_signs_it(tmp_path, tiny_weights):
+    from inference.weights import load_plan
+
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    before = json.loads((weights / "plans.json").read_text())
+    done = _weights_cli("set", weights, "postprocessing.min_volume_mm3", "200")
+    assert done.returncode == 0, done.stderr
+    assert _weights_cli("set", weights, "orientation", "RAS").returncode == 0  # text as text
+    plan = load_plan(weights)
+    assert plan.postprocessing.min_volume_mm3 == 200 and plan.orientation == "RAS"
+    after = json.loads((weights / "plans.json").read_text())
+    before["postprocessing"]["min_volume_mm3"], before["orientation"] = 200, "RAS"
+    assert after == before  # nothing else changed
+    state = {name: (weights / name).read_bytes() for name in ("plans.json", SUMS)}
+    for argv, words in ((["tile_step", "0"], ["plans.json", "tile_step"]),
+                        (["postprocessing.threshold", "high"], ["postprocessing.threshold"]),
+                        (["postprocessing.spread", "2"], ["unknown field 'spread'"]),
+                        (["filters.size", "2"], ["no section 'filters'"])):
+        _one_line_exit_2_of(_weights_cli("set", weights, *argv), *words)
+        assert {name: (weights / name).read_bytes() for name in state} == state

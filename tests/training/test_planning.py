@@ -101,3 +101,15 @@ def test_target_spacing_option(dataset, tmp_path):
                  "--preset", "tiny", "--patch", "64", "64", "--quiet"]) == 0
     assert Plan.load(out).target_spacing == (2.0, 2.0, 3.0)
     assert np.isfinite(Plan.load(out).normalization.mean)
+
+
+def test_the_initial_minimum_volume_never_drops_a_small_lesion_of_the_dataset():
+    from inference.plans import PostProcessing
+    from training.planning import initial_postprocessing
+
+    default = PostProcessing().min_volume_mm3
+    assert initial_postprocessing({}).min_volume_mm3 == default  # no lesion to go by
+    small = {"lesion_volumes_mm3": {"p05": default / 5}}
+    assert initial_postprocessing(small).min_volume_mm3 == pytest.approx(default / 10)
+    large = {"lesion_volumes_mm3": {"p05": default * 10}}
+    assert initial_postprocessing(large).min_volume_mm3 == default

@@ -27,3 +27,13 @@ def test_metrics_csv_leaves_missing_validation_empty(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert rows[0]["val_dsc"] == "" and math.isclose(float(rows[1]["val_dsc"]), 0.25)
+
+
+def test_mean_scores_of_rows_and_of_none():
+    import math
+
+    from training.reporting import mean_scores
+
+    rows = [{"dsc": "0.5", "nsd": 1.0}, {"dsc": 1.0, "nsd": "0.0"}]  # a CSV's text or numbers
+    assert mean_scores(rows) == {"dsc": 0.75, "nsd": 0.5}
+    assert all(math.isnan(v) for v in mean_scores([]).values())

@@ -149,6 +149,7 @@ def in_process_training(monkeypatch):
     process; it raises ``Killed`` instead of the step after ``kill_after_steps`` steps.
     """
     from training.__main__ import parser
+    from training.settings import TrainSettings
 
     root = logging.getLogger()
     handlers = {h: h.level for h in root.handlers}
@@ -168,7 +169,8 @@ def in_process_training(monkeypatch):
 
     def run(argv, kill_after_steps=None, clock_start=0.0):
         clock.steps, clock.start, clock.kill = 0, clock_start, kill_after_steps
-        return trainer.train(parser().parse_args(["train", *map(str, argv)]))
+        args = parser().parse_args(["train", *map(str, argv)])
+        return trainer.train(TrainSettings.from_args(args))
 
     yield run
     for handler in root.handlers[:]:  # a killed run leaves its log file open
