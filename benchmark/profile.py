@@ -31,9 +31,16 @@ from pathlib import Path
 
 from benchmark import paper, report
 from benchmark.container.memory import nvml_available
-from benchmark.container.runner import (STAGES, add_run_arguments, floor_s, run_case, run_setup,
-                                       select_cases)
+from benchmark.container.runner import (
+    STAGES,
+    add_run_arguments,
+    floor_s,
+    run_case,
+    run_setup,
+    select_cases,
+)
 from benchmark.machine import display_path, results_dir, weights_note
+from training.reporting import write_csv
 
 log = logging.getLogger("benchmark.profile")
 
@@ -126,7 +133,7 @@ def main(argv=None, prog: str = "python -m benchmark.profile") -> int:
     tag = args.tag or ("docker" if args.docker else f"{weights['preset']}-{backend or 'auto'}")
     base = report.results_base(args.output, "profile", stamp, tag=tag)
     rows = [_row(r, all_times[r.case], floor) for r in runs]
-    report.write_csv(rows, f"{base}.csv", CSV_COLUMNS)
+    write_csv(rows, f"{base}.csv", CSV_COLUMNS)
     memory_label = runs[0].trace.label
     title = (f"Table 4, ours ({tag}) on {stamp['cpu']} ({stamp['cores']} cores"
              f"{', ' + stamp['gpus'][0] if stamp['gpus'] else ', no GPU'}), {stamp['date']}")

@@ -3,15 +3,14 @@ Markdown tables and the Table 4 plot."""
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from benchmark import machine, paper
 from inference.folders import atomic_temporary
+from training.reporting import cell
 
 
 def results_base(folder: str | Path, kind: str, stamp: dict, device: str = "auto",
@@ -34,31 +33,6 @@ def header(title: str, stamp: dict, module: str | None = None,
     return "\n".join(lines) + "\n"
 
 
-def _cell(value, fmt: str | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format(value, fmt)
-    return str(value)
-
-
-def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
-    """Rows as CSV with a header; ``columns`` fixes the order (default: the first row's keys).
-
-    Missing values are empty cells; floats keep full precision. The file appears whole or
-    not at all.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(columns or (rows[0].keys() if rows else []))
-    with atomic_temporary(path) as temporary, open(temporary, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
-    return path
-
-
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple]) -> str:
     """A GitHub Markdown table; ``columns`` are ``(key, header[, format])`` tuples.
 
@@ -68,7 +42,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple]) -> str:
     align = ["---:" if len(c) > 2 and c[2] else "---" for c in columns]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        cells = [_cell(row.get(c[0]), c[2] if len(c) > 2 else None).replace("|", "\\|")
+        cells = [cell(row.get(c[0]), c[2] if len(c) > 2 else None).replace("|", "\\|")
                  for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -36,7 +36,8 @@ DIRECTION_ATOL = 1e-4
 
 
 def list_cases(gt_dir: Path) -> list[str]:
-    """Case ids of the ground-truth files ``<case>.nii.gz`` (hidden files such as ``._x`` skipped)."""
+    """Case ids of the ground-truth files ``<case>.nii.gz`` (hidden files such as ``._x``
+    skipped)."""
     return sorted(p.name[: -len(SUFFIX)] for p in gt_dir.iterdir()
                   if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file())
 
@@ -91,8 +92,10 @@ def _read(path: Path) -> sitk.Image:
         raise OSError(reason or "unreadable image") from None
 
 
-def score_file(pred_path: Path, gt: sitk.Image, case: str, tolerance_mm: float) -> tuple[float, float]:
-    """(DSC, NSD) of one prediction file against a loaded ground truth; 0/0 with a log line on failure."""
+def score_file(pred_path: Path, gt: sitk.Image, case: str,
+               tolerance_mm: float) -> tuple[float, float]:
+    """(DSC, NSD) of one prediction file against a loaded ground truth; 0/0 with a log line
+    on failure."""
     if not pred_path.is_file():
         log.warning("%s: no prediction %s; scored 0/0", case, pred_path)
         return 0.0, 0.0

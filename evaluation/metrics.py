@@ -162,7 +162,8 @@ def _surfel_area_table(spacing_zyx: tuple[float, float, float]) -> np.ndarray:
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray, ndim: int | None = None) -> None:
     if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape "
+                         f"{gt.shape}")
     if ndim is not None and gt.ndim != ndim:
         raise ValueError(f"expected {ndim}-D masks, got shape {gt.shape}")
 

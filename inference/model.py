@@ -21,8 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.network_config import (DEFAULT_PRESET, DYNAMIC_FORMS, PRESETS,  # noqa: F401
-                                      ModelConfigError, NetworkConfig, get_config)
+# Re-exported: who builds the network finds its configuration names here too.
+from inference.network_config import (  # noqa: F401
+    DEFAULT_PRESET,
+    DYNAMIC_FORMS,
+    PRESETS,
+    ModelConfigError,
+    NetworkConfig,
+    get_config,
+)
 from inference.sam_encoders import SamBranch
 
 

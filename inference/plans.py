@@ -13,9 +13,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from inference.folders import write_text_atomically
-from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
-                                      NetworkConfig, config_from_dict, config_to_dict,
-                                      get_config)
+from inference.network_config import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_PRESET,
+    ModelConfigError,
+    NetworkConfig,
+    config_from_dict,
+    config_to_dict,
+    get_config,
+)
 
 PLAN_VERSION = 1
 ORIENTATIONS = ("LPS", "RAS")

@@ -24,9 +24,16 @@ import numpy as np
 
 from inference import nifti, nifti_header, nifti_writer
 from inference.backends import DEFAULT_TORCH_MODE, OnnxBackend, TorchBackend, cpu_fallback_backend
-from inference.budget import (DEFAULT_GPU_MEMORY_MB, allocator_bytes, blending, host_memory,
-                              host_memory_limit_mb, may_read_ahead, memory_fraction,
-                              tiles_per_batch)
+from inference.budget import (
+    DEFAULT_GPU_MEMORY_MB,
+    allocator_bytes,
+    blending,
+    host_memory,
+    host_memory_limit_mb,
+    may_read_ahead,
+    memory_fraction,
+    tiles_per_batch,
+)
 from inference.devices import choose_backend, resolve_device
 from inference.pipeline import decide, network_probability
 from inference.plans import Plan

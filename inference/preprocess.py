@@ -129,10 +129,14 @@ def _check_fits_in_memory(crop_shape, shape, spacing_zyx, plan: Plan) -> None:
     need = 4 * max(int(np.prod(shape, dtype=np.int64)), crop_shape[0] * shape[1] * shape[2])
     too_much = more_than_memory(need)
     if too_much is not None:
-        xyz = lambda values: "x".join(f"{v:g}" for v in values[::-1])  # noqa: E731
-        raise InputError(f"its {xyz(spacing_zyx)} mm voxels make a {xyz(shape)} grid at the "
-                         f"plan's {xyz(plan.target_spacing[::-1])} mm, as float32 {too_much}: "
+        raise InputError(f"its {_xyz(spacing_zyx)} mm voxels make a {_xyz(shape)} grid at the "
+                         f"plan's {_xyz(plan.target_spacing[::-1])} mm, as float32 {too_much}: "
                          "check the voxel spacing (pixdim) in the header")
+
+
+def _xyz(values_zyx) -> str:
+    """A z, y, x triple as the header writes it, x first: ``0.8x0.8x2.5``."""
+    return "x".join(f"{v:g}" for v in values_zyx[::-1])
 
 
 def pad_value(plan: Plan) -> float:

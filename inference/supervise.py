@@ -143,7 +143,7 @@ def _run_worker(cases: list, work,
             if os.getppid() != parent:
                 log.error("error: the parent process is gone (killed?): stopped; the masks "
                           "written are complete")
-        except BaseException:  # noqa: BLE001 - a bug: show it, and let the parent go on
+        except BaseException:  # a bug: show it, and let the parent go on
             log.exception("error: the worker failed")
             code = 1
         finally:

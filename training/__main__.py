@@ -12,14 +12,32 @@ import sys
 import time
 from pathlib import Path
 
-from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, PRESETS, SAM_INPUTS,
-                                      SAM_KINDS, SAM_NORMALIZATIONS, SAM_RESIZES)
+from inference.network_config import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_PRESET,
+    PRESETS,
+    SAM_INPUTS,
+    SAM_KINDS,
+    SAM_NORMALIZATIONS,
+    SAM_RESIZES,
+)
 from inference.plans import DEFAULT_BATCH_SIZE
 from inference.weights import DEFAULT_ONNX_BATCH
-from training.settings import (ADAMS, AMP_MODES, AUGMENTATION_NAMES, CHECKPOINTS,
-                               COMPILE_MODES, DEEP_SUPERVISION, DICE_MODES, DYNAMIC_FORM_CHOICES,
-                               LESION_SAMPLING, PARTIAL_MODES, STEP_LOSS_KERNELS, StepOptions,
-                               TrainSettings)
+from training.settings import (
+    ADAMS,
+    AMP_MODES,
+    AUGMENTATION_NAMES,
+    CHECKPOINTS,
+    COMPILE_MODES,
+    DEEP_SUPERVISION,
+    DICE_MODES,
+    DYNAMIC_FORM_CHOICES,
+    LESION_SAMPLING,
+    PARTIAL_MODES,
+    STEP_LOSS_KERNELS,
+    StepOptions,
+    TrainSettings,
+)
 
 log = logging.getLogger("training")
 
@@ -240,8 +258,8 @@ def main(argv=None, prog: str = "python -m training") -> int:
     args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from inference.model import ModelConfigError
     from inference.folders import InputError
+    from inference.model import ModelConfigError
     from inference.plans import PlanError
     from inference.weights import WeightsError
     from training.dataset import DatasetError

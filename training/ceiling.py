@@ -8,14 +8,14 @@ is lesion. This stage builds that output from each case's label (box averaging o
 downsampling factor, then the same linear resampling the container uses for the image),
 and sends it through the container's own post-processing and restore
 (``inference.pipeline.mask_on_input``): components under the minimum volume (and, with
-``--min-confidence``, under a mean fraction) dropped, linear upsampling onto the input grid, threshold. The score against
-the label is what the plan's spacing, minimum volume and decision threshold leave
-attainable to a network that knows each voxel's lesion fraction. Lesions of a few
-voxels at the plan's spacing lose much of their DSC in the round trip, the more so at a
-threshold of 0.5 (their coarse voxels are only partly lesion); a minimum volume larger
-than a case's only lesion scores that case 0. A network could beat this figure only by
-sharper outputs than the lesion fraction, so read it as the attainable level, not a
-proof of impossibility.
+``--min-confidence``, under a mean fraction) dropped, linear upsampling onto the input
+grid, threshold. The score against the label is what the plan's spacing, minimum volume
+and decision threshold leave attainable to a network that knows each voxel's lesion
+fraction. Lesions of a few voxels at the plan's spacing lose much of their DSC in the
+round trip, the more so at a threshold of 0.5 (their coarse voxels are only partly
+lesion); a minimum volume larger than a case's only lesion scores that case 0. A network
+could beat this figure only by sharper outputs than the lesion fraction, so read it as the
+attainable level, not a proof of impossibility.
 
 Use it to choose the target spacing and to read a training result: a network at 0.6
 under a ceiling of 0.8 is a different problem from one at 0.6 under 0.65.

@@ -552,7 +552,7 @@ def make_phantom(shape_xyz=(512, 512, 100), spacing_xyz=(0.8, 0.8, 3.0), seed=0,
     rng_geo, rng_anat, rng_les, rng_noise = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
-    (nx, ny, nz), (sx, sy, sz) = shape_xyz, spacing_xyz
+    (nx, ny, _), (sx, sy, _) = shape_xyz, spacing_xyz
     origin = (round(-(nx - 1) * sx / 2 + rng_geo.uniform(-5, 5), 3),
               round(-(ny - 1) * sy / 2 + rng_geo.uniform(-5, 5), 3),
               round(rng_geo.uniform(-700, -100), 3))

@@ -32,8 +32,13 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from inference.folders import write_text_atomically
-from inference.network_config import (DEFAULT_PATCH_SIZE, DEFAULT_PRESET, ModelConfigError,
-                                      get_config, with_sam)
+from inference.network_config import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_PRESET,
+    ModelConfigError,
+    get_config,
+    with_sam,
+)
 from inference.plans import DEFAULT_BATCH_SIZE, Normalization, Plan, PostProcessing
 from training.dataset import CaseError, DatasetError, list_dataset, read_case
 

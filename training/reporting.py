@@ -7,12 +7,13 @@ import csv
 import logging
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from inference.folders import atomic_temporary
 
-COLUMNS = ("epoch", "train_loss", "val_dsc", "val_nsd", "val_score", "lr", "temperature",
+METRICS_COLUMNS = ("epoch", "train_loss", "val_dsc", "val_nsd", "val_score", "lr", "temperature",
            "seconds", "foreground_fraction", "data_wait_fraction")
 
 
@@ -37,12 +38,30 @@ def mean_scores(rows: list[dict], keys=("dsc", "nsd")) -> dict[str, float]:
             for key in keys}
 
 
-def write_csv(path: Path, history: list[dict]) -> None:
+def cell(value, fmt: str | None = None) -> str:
+    """One table cell as text: empty for None or NaN, ``fmt`` applied to numbers, else str."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, fmt)
+    return str(value)
+
+
+def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV with a header; ``columns`` fixes the order (default: the first row's keys).
+
+    Missing values are empty cells; floats keep full precision. The file appears whole or
+    not at all. The trainer's ``metrics.csv`` and every benchmark's CSV are written here.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(columns or (rows[0].keys() if rows else []))
     with atomic_temporary(path) as temporary, open(temporary, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([cell(row.get(c)) for c in columns])
+    return path
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:

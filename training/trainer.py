@@ -41,14 +41,21 @@ from tqdm import tqdm
 
 from inference.folders import atomic_temporary
 from inference.model import NnSam, count_parameters
-from inference.sam_encoders import load_sam_checkpoint
 from inference.plans import Plan
 from inference.preprocess import pad_value
+from inference.sam_encoders import load_sam_checkpoint
 from training.augment import AUGMENTATIONS
 from training.preprocessing import cached_cases
-from training.reporting import add_log_file, plot_curves, write_csv
-from training.sampling import (DATA_WAIT_S, BatchStream, PatchSampler, batch_loader,
-                               data_workers, load_cases, next_batch)
+from training.reporting import METRICS_COLUMNS, add_log_file, plot_curves, write_csv
+from training.sampling import (
+    DATA_WAIT_S,
+    BatchStream,
+    PatchSampler,
+    batch_loader,
+    data_workers,
+    load_cases,
+    next_batch,
+)
 from training.settings import StepOptions, TrainSettings
 from training.step import prepare_step, set_lr, set_up_step, train_step
 from training.validation import validate, validation_metrics
@@ -491,7 +498,7 @@ def _save_epoch(run: Run, epoch: int, row: dict, history: list, best: float, sco
         _atomic_save({"model": network.state_dict(), "epoch": epoch, "score": score,
                       "plan": plan.to_dict()}, run_dir / BEST)
     _atomic_save(state, run_dir / LAST)
-    write_csv(run_dir / "metrics.csv", history)
+    write_csv(history, run_dir / "metrics.csv", METRICS_COLUMNS)
     plot_curves(run_dir / "curves.png", history)
     log.info("epoch %d: loss %.4f%s, T %.2f, lr %.2e, %.1f s, %.0f%% of steps waited for "
              "data%s", epoch, row["train_loss"],

@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 
 from benchmark import machine, report
+from benchmark.container.runner import STAGES, docker_command, list_inputs, local_command
 from benchmark.machine import ROOT, results_dir
 from benchmark.report import markdown_table
-from benchmark.container.runner import STAGES, docker_command, list_inputs, local_command
 
 log = logging.getLogger(__name__)
 

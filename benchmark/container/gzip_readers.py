@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        import rapidgzip  # noqa: F401
+        import rapidgzip  # noqa: F401 - only whether it imports
     except ImportError:
         log.error("error: rapidgzip is not installed (pip install rapidgzip)")
         return 2

@@ -138,14 +138,15 @@ def idle_mb(sampler=None) -> float | None:
 def rss_available() -> bool:
     """True when psutil (needed to sample RSS without a GPU) is installed."""
     try:
-        import psutil  # noqa: F401
+        import psutil  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True
 
 
 def default_sampler(gpu_index: int = 0):
-    """NVML on GPU ``gpu_index`` when there is one, else an RSS sampler to :meth:`~RssTreeSampler.watch` the run."""
+    """NVML on GPU ``gpu_index`` when there is one, else an RSS sampler to
+    :meth:`~RssTreeSampler.watch` the run."""
     if nvml_available(gpu_index):
         return NvmlSampler(gpu_index)
     return RssTreeSampler()

@@ -23,8 +23,8 @@ import json
 import logging
 import os
 import resource
-import shutil
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -36,8 +36,13 @@ from typing import Sequence
 
 import SimpleITK as sitk
 
-from benchmark.container.memory import (MemoryPoller, MemoryTrace, NvmlSampler, default_sampler,
-                                        idle_mb)
+from benchmark.container.memory import (
+    MemoryPoller,
+    MemoryTrace,
+    NvmlSampler,
+    default_sampler,
+    idle_mb,
+)
 from benchmark.machine import ROOT
 from evaluation.evaluate import DIRECTION_ATOL, GRID_ATOL_MM
 

@@ -56,9 +56,9 @@ class _Engine:
             self.weight_map = torch.from_numpy(gaussian_importance(task["patch"])).to(self.device)
         self.out = None
         # Imports allocate too: do them before the memory baseline, not in the warm-up.
-        from monai.inferers import sliding_window_inference  # noqa: F401
+        from monai.inferers import sliding_window_inference  # noqa: F401 - loaded, not used
 
-        from inference.sliding_window import sliding_window  # noqa: F401
+        from inference.sliding_window import sliding_window  # noqa: F401 - loaded, not used
 
         if self.cuda:
             torch.cuda.synchronize()

@@ -194,7 +194,7 @@ def _markdown(res: dict, stamp: dict, argv) -> str:
         "Engine overhead alone (the network replaced by a sigmoid of the channel mean, "
         "best of the rounds, in one process): "
         + ", ".join(f"{LABELS[k].split(' (')[0]} {t:.3f} s" for k, t in res["overhead_s"].items())
-        + f". With the real network the engines' own work is that small a part of the "
+        + ". With the real network the engines' own work is that small a part of the "
         "time, so on this network the engine choice hardly matters; it matters on a fast "
         "GPU, where the network's share shrinks.", "",
         ("The outputs differ only where tiles overlap: MONAI raises Gaussian weights below "
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         p.error("--repeats, --batch-size and --shape must be positive")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        import monai  # noqa: F401
+        import monai  # noqa: F401 - only whether it imports
     except ImportError:
         log.error("error: MONAI is not installed; pip install monai (the bench extra)")
         return 2

@@ -27,7 +27,6 @@ def write_untrained(folder: str | Path, preset: str = "fast", onnx_batch: int = 
     from inference.model import build_model, get_config
     from inference.plans import Plan
     from inference.weights import write_weights
-
     from training.trainer import init_lesion_prior
 
     torch.manual_seed(seed)

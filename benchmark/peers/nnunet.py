@@ -39,11 +39,18 @@ from pathlib import Path
 
 from benchmark import report
 from benchmark.container.memory import idle_mb
-from benchmark.container.runner import (CaseRun, add_run_arguments, case_id, run_case, run_setup,
-                                       select_cases)
+from benchmark.container.runner import (
+    CaseRun,
+    add_run_arguments,
+    case_id,
+    run_case,
+    run_setup,
+    select_cases,
+)
 from benchmark.container.suite import write_suite
 from benchmark.machine import ROOT, display_path, results_dir
 from benchmark.peers import nnunet_model, summary
+from training.reporting import write_csv
 
 log = logging.getLogger("benchmark.peers.nnunet")
 
@@ -201,7 +208,7 @@ def main(argv=None) -> int:
         os.environ["PATH"] = path_before
     rows = [r.row() for r in records]
     base = report.results_base(args.output, "nnunet", stamp, "cpu" if device == "cpu" else "auto")
-    report.write_csv(rows, f"{base}.csv", summary.CSV_COLUMNS)
+    write_csv(rows, f"{base}.csv", summary.CSV_COLUMNS)
     context = {"stamp": stamp, "gpu": gpu, "device": device, "model": model, "records": records,
                "memory": records[0].run.trace.label, "rounds": args.rounds,
                "warmup": not args.no_warmup, "weights": args.weights, "notes": args.note,

@@ -137,7 +137,8 @@ def markdown(rows: list[dict], ctx: dict) -> str:
     lines += ["## On a GPU", "",
               "The same comparison on the 554-slice case (benchmark/README.md lists the wheels "
               "a GPU machine without SimpleITK, cc3d, isal and nnU-Net needs):", "",
-              "```sh", "python -m benchmark.peers.nnunet --make-suite --sizes 554 --rounds 3 --device cuda",
+              "```sh",
+              "python -m benchmark.peers.nnunet --make-suite --sizes 554 --rounds 3 --device cuda",
               "```", ""]
     title = "Ours beside nnU-Net v2's predictor (the FLARE24 Task 1 winner's 3D plan)"
     return report.header(title, stamp, "benchmark.peers.nnunet", ctx["argv"]) + "\n".join(lines)

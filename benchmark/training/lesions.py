@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from benchmark.report import write_csv
-from evaluation.evaluate import (SUFFIX, _read, add_folder_arguments, cases_to_score,
-                                grid_difference)
+from evaluation.evaluate import SUFFIX, _read, add_folder_arguments, cases_to_score, grid_difference
+from training.reporting import write_csv
 
 log = logging.getLogger("benchmark.training.lesions")
 

@@ -35,10 +35,9 @@ import numpy as np
 import torch
 
 from benchmark import machine, report
-from benchmark.machine import results_dir
 from benchmark.dispatch import OperationCounter, synchronize
-from benchmark.training.modes import (Mode, build_run, parse_mode, synthetic_batch,
-                                      synthetic_cases)
+from benchmark.machine import results_dir
+from benchmark.training.modes import Mode, build_run, parse_mode, synthetic_batch, synthetic_cases
 from training import step
 from training.augment import window_for
 from training.sampling import DATA_WAIT_S, BatchStream, PatchSampler, batch_loader, next_batch

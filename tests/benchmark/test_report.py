@@ -6,14 +6,14 @@ import json
 import pytest
 
 from benchmark import machine, paper, report
-
+from training.reporting import write_csv
 
 ROWS = [{"case": "a", "slices": 55, "time_s": 1.23456, "max_mb": 300.0, "area_mb_s": 123.4},
         {"case": "b|c", "slices": 100, "time_s": 2.5, "max_mb": None, "area_mb_s": 250.0}]
 
 
 def test_csv_round_trips_with_blank_missing_values(tmp_path):
-    path = report.write_csv(ROWS, tmp_path / "sub" / "t.csv",
+    path = write_csv(ROWS, tmp_path / "sub" / "t.csv",
                             ["case", "slices", "time_s", "max_mb", "extra"])
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

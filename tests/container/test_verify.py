@@ -1,4 +1,5 @@
-"""container/verify.py, the image check's judge of masks: it must catch what the evaluation would."""
+"""container/verify.py, the image check's judge of masks: it must catch what the evaluation
+would."""
 
 import importlib.util
 from pathlib import Path

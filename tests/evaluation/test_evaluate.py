@@ -1,4 +1,5 @@
-"""The evaluation CLI, run as a user would: NIfTI folders in, rows, a mean line and exit codes out."""
+"""The evaluation CLI, run as a user would: NIfTI folders in, rows, a mean line and exit codes
+out."""
 
 import csv
 import subprocess
@@ -118,6 +119,7 @@ def test_unreadable_gt_is_left_out_and_exits_1(tmp_path):
     (gt_dir / "broken.nii.gz").write_bytes(b"")
     result = run_cli("--pred", pred_dir, "--gt", gt_dir)
     assert result.returncode == 1
-    assert result.stdout.splitlines() == ["good DSC 1.0000 NSD 1.0000", "mean DSC 1.0000 NSD 1.0000"]
+    assert result.stdout.splitlines() == ["good DSC 1.0000 NSD 1.0000",
+                                          "mean DSC 1.0000 NSD 1.0000"]
     assert "broken.nii.gz" in result.stderr
 

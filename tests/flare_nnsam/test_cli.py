@@ -3,10 +3,10 @@ only the modules of the command that runs imported."""
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from flare_nnsam.cli import COMMANDS, main
 

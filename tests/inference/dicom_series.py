@@ -29,7 +29,6 @@ def write_dicom_series(image: sitk.Image, folder: Path, series: int = 1,
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
     direction = np.array(image.GetDirection()).reshape(3, 3)
-    origin = np.array(image.GetOrigin())
     orientation = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.SetImageIO("GDCMImageIO")  # names without .dcm, as scanners write them

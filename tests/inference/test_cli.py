@@ -1,6 +1,5 @@
 """The container contract end to end: predict.sh / python -m inference on files."""
 
-import gzip
 import json
 import os
 import shutil

@@ -4,8 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference.model import (CBAM, PRESETS, DynamicConv2d, ModelConfigError, build_model,
-                             count_parameters)
+from inference.model import (
+    CBAM,
+    PRESETS,
+    DynamicConv2d,
+    ModelConfigError,
+    build_model,
+    count_parameters,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +141,8 @@ def test_freeze_sam_stops_its_gradients():
 
 def test_wrong_channel_count_is_one_clear_line():
     model = build_model("tiny").eval()
-    with pytest.raises(ModelConfigError, match=r"expected input \(batch, 3, H, W\).*\(1, 1, 64, 64\)"):
+    with pytest.raises(ModelConfigError,
+                       match=r"expected input \(batch, 3, H, W\).*\(1, 1, 64, 64\)"):
         model(torch.zeros(1, 1, 64, 64))
 
 
@@ -148,5 +155,6 @@ def test_patch_not_divisible_by_stride():
 
 
 def test_unknown_preset():
-    with pytest.raises(ModelConfigError, match="unknown preset 'huge'; choose one of paper, fast, tiny"):
+    with pytest.raises(ModelConfigError,
+                       match="unknown preset 'huge'; choose one of paper, fast, tiny"):
         build_model("huge")

@@ -23,7 +23,8 @@ from inference.nifti_writer import write_mask, write_probabilities
 
 REAL_DATA = Path(__file__).parents[2].parent / "shared" / "data" / "real"
 
-_DATATYPE = {"uint8": 2, "int8": 256, "int16": 4, "int32": 8, "float32": 16, "float64": 64, "uint16": 512}
+_DATATYPE = {"uint8": 2, "int8": 256, "int16": 4, "int32": 8, "float32": 16, "float64": 64,
+             "uint16": 512}
 
 
 def nifti1(array_zyx, spacing=(0.8, 0.8, 2.5), affine=None, slope=0.0, inter=0.0,

@@ -35,11 +35,15 @@ def _patch(raw: bytes, offset: int, fmt: str, *values) -> bytes:
     return bytes(data)
 
 
+def z(raw: bytes) -> bytes:
+    """gzip at the fastest level, as the catalogue's files are written."""
+    return gzip.compress(raw, 1)
+
+
 def _catalogue(hu: np.ndarray) -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, expectation): ``same`` (the clean case's probability),
     ``mask`` (a mask on its own grid), or the text its one error line must hold."""
     clean = nifti1(hu, spacing=SPACING)
-    z = lambda raw: gzip.compress(raw, 1)  # noqa: E731
     shifted = (hu.astype(np.int32) + 1024).astype(np.uint16)
     cropped = np.clip(hu, -100, None)  # a tissue-only crop: no air anywhere
     d = struct.unpack_from("<8h", clean, 40)

@@ -16,7 +16,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from inference import backends, predictor as predictor_module
+from inference import backends
+from inference import predictor as predictor_module
 from inference.backends import cpu_fallback_backend
 from inference.predictor import Predictor
 from tests.inference.conftest import write_phantom_case

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.itk_images import volume_from_image
 from inference.geometry import Reorientation
+from inference.itk_images import volume_from_image
 from inference.lesions import label_lesions, lesion_table
 from inference.preview import _centre, _planes, write_preview
 from tests.inference.test_lesions import lesion_image

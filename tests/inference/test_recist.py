@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from inference.recist import (convex_hull, longest_diameter, outline_points, recist_axes,
-                              slice_axes)
+from inference.recist import convex_hull, longest_diameter, outline_points, recist_axes, slice_axes
 
 SPACING = (0.7, 0.9)  # rows, columns (mm): anisotropic in plane
 DIAGONAL = math.hypot(*SPACING)

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from inference.sliding_window import (gaussian_importance, plan_tiles, sliding_window, tile_starts,
-                                      weight_sum_plane)
+from inference.sliding_window import (
+    gaussian_importance,
+    plan_tiles,
+    sliding_window,
+    tile_starts,
+    weight_sum_plane,
+)
 
 PATCH = (16, 20)
 

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from inference.weights import SUMS, sha256
-from tests.inference.test_cli import run_cli
 from tests.inference.conftest import write_phantom_case
+from tests.inference.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ def test_checksums_in_every_form_sha256sum_checks_are_read(one_case, tmp_path, t
     (weights / SUMS).write_text("".join(form.format(digest, name) + "\n"
                                         for form, (digest, name) in zip(forms, lines)))
     if shutil.which("sha256sum"):
-        assert subprocess.run(["sha256sum", "--check", "--quiet", SUMS], cwd=weights).returncode == 0
+        checked = subprocess.run(["sha256sum", "--check", "--quiet", SUMS], cwd=weights)
+        assert checked.returncode == 0
     result = run_cli(one_case, tmp_path / "out", weights, "--device", "cpu")
     assert result.returncode == 0, result.stderr
 

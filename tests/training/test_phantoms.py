@@ -11,7 +11,11 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from training.phantoms import (
-    LESION_HOSTS, TISSUE, make_phantom, plan_cases, write_dataset,
+    LESION_HOSTS,
+    TISSUE,
+    make_phantom,
+    plan_cases,
+    write_dataset,
 )
 
 REPO = Path(__file__).resolve().parents[2]

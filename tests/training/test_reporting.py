@@ -4,7 +4,7 @@ import csv
 import math
 import warnings
 
-from training.reporting import plot_curves, write_csv
+from training.reporting import METRICS_COLUMNS, plot_curves, write_csv
 
 
 def test_curves_before_and_after_the_first_validation(tmp_path):
@@ -22,7 +22,7 @@ def test_curves_before_and_after_the_first_validation(tmp_path):
 
 def test_metrics_csv_leaves_missing_validation_empty(tmp_path):
     history = [{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.5, "val_dsc": 0.25}]
-    write_csv(tmp_path / "metrics.csv", history)
+    write_csv(history, tmp_path / "metrics.csv", METRICS_COLUMNS)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"]

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from inference.model import NnSam
-from inference.sam_encoders import load_sam_checkpoint, tiny_vit_encoder
 from inference.network_config import get_config, with_sam
 from inference.plans import Plan
+from inference.sam_encoders import load_sam_checkpoint, tiny_vit_encoder
 from training.__main__ import main
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]

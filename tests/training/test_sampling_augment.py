@@ -198,8 +198,7 @@ def test_batch_stream_is_the_same_with_any_number_of_workers_and_on_resume():
     """Each batch's seed is its own (seed, rank, epoch, number): workers deal the batches
     out in order, and a stream started at epoch 1 (a resumed run) is the tail of one
     started at 0."""
-    from training.sampling import BatchStream
-    from training.sampling import batch_loader
+    from training.sampling import BatchStream, batch_loader
 
     label = np.zeros((6, 80, 80), np.uint8)
     label[2:4, 30:40, 30:40] = 1

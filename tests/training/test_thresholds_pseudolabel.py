@@ -11,8 +11,14 @@ from inference.preprocess import Prepared
 from inference.weights import load_plan, verified, write_weights
 from training.dataset import list_dataset, read_case
 from training.pseudolabel import select
-from training.thresholds import (CasePrediction, choose_step, decide, grid_search,
-                                 predict_case, write_postprocessing)
+from training.thresholds import (
+    CasePrediction,
+    choose_step,
+    decide,
+    grid_search,
+    predict_case,
+    write_postprocessing,
+)
 
 SPACING = (1.0, 1.0, 1.0)
 

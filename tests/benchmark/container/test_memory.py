@@ -1,4 +1,5 @@
-"""The memory poller: a separate process sampling every interval; peak and area as the organisers."""
+"""The memory poller: a separate process sampling every interval; peak and area as the
+organisers take them."""
 
 import subprocess
 import sys
@@ -6,8 +7,13 @@ import time
 
 import pytest
 
-from benchmark.container.memory import (MemoryPoller, MemoryTrace, NvmlSampler, RssTreeSampler,
-                              nvml_available)
+from benchmark.container.memory import (
+    MemoryPoller,
+    MemoryTrace,
+    NvmlSampler,
+    RssTreeSampler,
+    nvml_available,
+)
 
 
 class ScriptedSampler:

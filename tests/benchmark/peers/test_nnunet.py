@@ -11,11 +11,11 @@ import sys
 import pytest
 import SimpleITK as sitk
 
-from benchmark import report
 from benchmark.container.memory import MemoryTrace, nvml_available, rss_available
 from benchmark.container.runner import CaseRun
 from benchmark.peers import nnunet, nnunet_model, summary
 from inference.plans import Plan
+from training.reporting import write_csv
 
 HAS_NNUNET = importlib.util.find_spec("nnunetv2") is not None
 needs_nnunet = pytest.mark.skipif(not HAS_NNUNET,
@@ -73,7 +73,7 @@ def test_csv_has_exactly_the_columns_and_its_medians_and_ratios(tmp_path):
     records = [_record("table4_z100", 100, r + 1, tool, walls[tool][r])
                for r in range(3) for tool in ("ours", "nnunet")]
     records.append(_record("table4_z100", 100, 4, "nnunet", 1.0, ok=False))  # failed: left out
-    path = report.write_csv([r.row() for r in records], tmp_path / "runs.csv",
+    path = write_csv([r.row() for r in records], tmp_path / "runs.csv",
                             summary.CSV_COLUMNS)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
