@@ -162,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="results folder (default benchmark/results/peers)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the results' header, e.g. what else ran on the machine")
+    p.add_argument("--tag", default="", help="file-name tag, so that a second run on the same "
+                                             "machine and day keeps the first (default none)")
     p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
                    help="kill a run after S seconds (default 1800)")
     add_run_arguments(p)
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
     finally:
         os.environ["PATH"] = path_before
     rows = [r.row() for r in records]
-    base = report.results_base(args.output, "nnunet", stamp, "cpu" if device == "cpu" else "auto")
+    base = report.results_base(args.output, "nnunet", stamp, "cpu" if device == "cpu" else "auto",
+                               tag=args.tag)
     write_csv(rows, f"{base}.csv", summary.CSV_COLUMNS)
     context = {"stamp": stamp, "gpu": gpu, "device": device, "model": model, "records": records,
                "memory": records[0].run.trace.label, "rounds": args.rounds,
