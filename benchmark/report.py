@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmark import machine, paper
-from inference.folders import atomic_temporary
+from inference.folders import write_text_atomically
 from training.reporting import cell
 
 
@@ -86,9 +86,7 @@ def write_text(path: str | Path, text: str) -> Path:
     """``text`` into ``path`` (its folder made if missing), whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_temporary(path) as temporary:
-        temporary.write_text(text)
-    return path
+    return write_text_atomically(path, text)
 
 
 def write_results(base: Path, markdown: str | None = None, data: dict | None = None) -> Path:

@@ -202,7 +202,9 @@ def _add_timings(path: Path, predictor, ready_s: float, results, waited=None) ->
     cases = [{"case": r.case, "error": r.error, **r.timings} for r in results]
     if path.exists():
         cases = json.loads(path.read_text())["cases"] + cases
-    path.write_text(json.dumps(
+    from inference.folders import write_text_atomically
+
+    write_text_atomically(path, json.dumps(
         {"startup_s": predictor.startup_s, "ready_s": ready_s, "read_wait_s": waited,
          "finished_s": time.perf_counter() - START, "device": predictor.device,
          "backend": predictor.backend.name, "cases": cases}, indent=2) + "\n")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference.devices import BACKENDS
-from inference.folders import InputError
+from inference.folders import InputError, write_text_atomically
 from inference.formats import SCAN_SUFFIXES, scan_name, scan_suffix
 
 log = logging.getLogger("inference.scans")
@@ -308,10 +308,7 @@ def _check_installed(module: str, option: str, extra: str) -> None:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    from inference.folders import atomic_temporary
-
-    with atomic_temporary(path, keep_suffix=True) as temporary:
-        temporary.write_text(json.dumps(content, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(content, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from inference.folders import write_text_atomically
 from training.reporting import mean_scores
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def run_demo(args) -> dict:
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                "timings": timings, "test": summarise_scores(scores, work / "test"),
                "thresholds_table": table}
-    (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomically(work / "summary.json", json.dumps(summary, indent=1) + "\n")
     log.info("held-out phantoms: %s", json.dumps(summary["test"]))
     return summary
 

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from inference.folders import atomic_temporary
+from inference.folders import atomic_temporary, write_text_atomically
 from inference.model import NnSam, count_parameters
 from inference.plans import Plan
 from inference.preprocess import pad_value
@@ -362,8 +362,8 @@ def _split(run: Run) -> tuple[list[str], list[str]]:
                                          s.seed)
     if run.main:
         run.plan.save(run.run_dir / "plans.json")
-        split_path.write_text(json.dumps({"train": train_ids, "validation": val_ids,
-                                          "cache": str(s.cache)}, indent=1) + "\n")
+        write_text_atomically(split_path, json.dumps(
+            {"train": train_ids, "validation": val_ids, "cache": str(s.cache)}, indent=1) + "\n")
     return train_ids, val_ids
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from inference import nifti, nifti_writer
 from inference.backends import TORCH_MODES
+from inference.folders import write_text_atomically
 from inference.predictor import Predictor
 
 log = logging.getLogger("benchmark.network.mode_masks")
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     failed = []
     for mode in (args.modes or every_mode())[args.part::args.parts]:
         record = masks_of_mode(mode, volumes, args.weights, args.device, args.output)
-        (args.output / f"{folder_name(mode)}.json").write_text(json.dumps(
+        write_text_atomically(args.output / f"{folder_name(mode)}.json", json.dumps(
             {"mode": mode, "device": args.device, "cases": record}, indent=1) + "\n")
         print(mode, " ".join(f"{case} {r.get('seconds', float('nan')):.2f} s "
                               f"{r.get('marked', '-')} marked" for case, r in record.items()),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.folders import write_text_atomically
 from training.demo import summarise_scores
 
 LARGE_ML = 5.0
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
               + (f", lesions >= {LARGE_ML:g} ml found {large['found']} of {large['lesions']}"
                  if large else ""))
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_text_atomically(args.json, json.dumps(out, indent=1) + "\n")
     return 0
 
 
