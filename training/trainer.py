@@ -45,6 +45,7 @@ from inference.plans import Plan
 from inference.preprocess import pad_value
 from inference.sam_encoders import load_sam_checkpoint
 from training.augment import AUGMENTATIONS
+from training.host_memory import keep_freed_memory
 from training.preprocessing import cached_cases
 from training.reporting import METRICS_COLUMNS, add_log_file, plot_curves, write_csv
 from training.sampling import (
@@ -314,6 +315,7 @@ def _set_up(settings: TrainSettings) -> Run:
         # more threads than idle cores spin-wait on each other: on a shared small machine
         # one thread is faster than two (benchmark/results/README.md)
         torch.set_num_threads(s.threads)
+    keep_freed_memory()  # before the first step's tensors (and the data workers' fork)
     run = Run(settings=s, device=device, rank=rank, world=world, run_dir=Path(s.output),
               plan=Plan.load(s.plans))
     run.batch_size = s.batch_size or run.plan.batch_size

@@ -40,6 +40,7 @@ from benchmark.machine import results_dir
 from benchmark.training.modes import Mode, build_run, parse_mode, synthetic_batch, synthetic_cases
 from training import step
 from training.augment import window_for
+from training.host_memory import keep_freed_memory
 from training.sampling import DATA_WAIT_S, BatchStream, PatchSampler, batch_loader, next_batch
 
 RESULTS = results_dir("training")
@@ -208,6 +209,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the trainer's process does
     save = _writer(args, device)
     records, failed = run_modes(device, modes, args, save)
     if args.curve_steps:
