@@ -82,20 +82,13 @@ def linear_fit_line(rows: Sequence[dict], key: str = "time_s") -> str:
             f"residual {fit['max_residual_s']:.2f} s)")
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """``text`` into ``path`` (its folder made if missing), whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomically(path, text)
-
-
 def write_results(base: Path, markdown: str | None = None, data: dict | None = None) -> Path:
     """A result's page ``<base>.md`` and its record ``<base>.json``, either left out when
     None; ``base`` from :func:`results_base`."""
     if markdown is not None:
-        write_text(f"{base}.md", markdown)
+        write_text_atomically(f"{base}.md", markdown)
     if data is not None:
-        write_text(f"{base}.json", json.dumps(data, indent=1) + "\n")
+        write_text_atomically(f"{base}.json", json.dumps(data, indent=1) + "\n")
     return base
 
 

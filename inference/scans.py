@@ -138,7 +138,7 @@ def main(argv=None, prog: str = "flare-nnsam predict") -> int:
             reports.append({"case": scan.name, "input": str(scan.path),
                             "error": f"{type(error).__name__}: {error}"})
     if args.statistics is not None and len(failed) < len(scans):
-        _write_json(args.statistics, {"cases": reports})
+        write_text_atomically(args.statistics, json.dumps({"cases": reports}, indent=2) + "\n")
         log.info("statistics: %s", args.statistics)
     if failed:
         log.error("%d of %d scans failed: %s", len(failed), len(scans), ", ".join(failed))
@@ -305,10 +305,6 @@ def _check_installed(module: str, option: str, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise InputError(f"{option} needs {module}: pip install 'flare-nnsam[{extra}]'")
-
-
-def _write_json(path: Path, content: dict) -> None:
-    write_text_atomically(path, json.dumps(content, indent=2) + "\n")
 
 
 if __name__ == "__main__":

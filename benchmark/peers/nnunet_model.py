@@ -128,11 +128,11 @@ def plans(intensity: dict | None = None) -> dict:
 
 def write_plan_files(folder: str | Path, intensity: dict | None = None) -> Path:
     """``dataset.json`` and ``plans.json`` into ``folder`` (made if missing)."""
-    from benchmark.report import write_text
+    from inference.folders import write_text_atomically
 
     folder = Path(folder)
-    write_text(folder / "dataset.json", json.dumps(dataset_json(), indent=2) + "\n")
-    write_text(folder / "plans.json", json.dumps(plans(intensity), indent=2) + "\n")
+    write_text_atomically(folder / "dataset.json", json.dumps(dataset_json(), indent=2) + "\n")
+    write_text_atomically(folder / "plans.json", json.dumps(plans(intensity), indent=2) + "\n")
     return folder
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmark import machine, paper, report
+from inference.folders import write_text_atomically
 from training.reporting import write_csv
 
 ROWS = [{"case": "a", "slices": 55, "time_s": 1.23456, "max_mb": 300.0, "area_mb_s": 123.4},
@@ -44,7 +45,7 @@ def test_a_result_is_named_and_headed_from_the_machine_stamp(tmp_path):
 
 def test_a_write_that_fails_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
-        report.write_text(tmp_path / "page.md", None)
+        write_text_atomically(tmp_path / "page.md", None)
     assert list(tmp_path.iterdir()) == []
 
 
